@@ -1,0 +1,135 @@
+"""The `phasemap` command line: each command is a thin wrapper over a library function.
+
+    phasemap run sweeps/quickstart.yaml
+    phasemap run sweeps/quickstart.yaml --set train.steps=500 --out /tmp/qs
+    phasemap show results/quickstart --json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from phasemap.spec import SpecError, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Phase diagrams of parameter-symmetry breaking and restoration.")
+err_console = Console(stderr=True)
+console = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class _RunsPerSecond(TextColumn):
+    def __init__(self):
+        super().__init__("")
+
+    def render(self, task):
+        speed = task.finished_speed or task.speed
+        return f"{speed:.1f} runs/s" if speed else "- runs/s"
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="Sweep file (YAML)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results folder [default: results/<name>]."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.steps=500 (repeatable)."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Configs per Ray Tune trial [default: auto]."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster instead of starting one."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.0),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Fractions share a GPU."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the embedded Ray [default: all]."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and count configs; train nothing."),
+) -> None:
+    """Run a sweep: train every config not yet in the results folder, one Parquet row each."""
+    from phasemap.grid import expand
+
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device: {device!r} is not one of auto, cpu, cuda")
+    try:
+        sweep = load_spec(spec, set_)
+        configs = expand(sweep)
+    except SpecError as err:
+        _fail(str(err))
+    out_dir = out or Path("results") / sweep.name
+    if dry_run:
+        from phasemap import store
+        done = store.run_ids(out_dir)
+        todo = sum(c["run_id"] not in done for c in configs)
+        console.print(f"{sweep.name}: {len(configs)} configs, {len(configs) - todo} already in {out_dir}, {todo} to run")
+        return
+    from phasemap.executor import run_sweep
+    from phasemap.store import StoreError
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("runs"), _RunsPerSecond(), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=err_console, transient=False)
+    state: dict = {}
+
+    def on_start(n_todo: int, n_done: int) -> None:
+        progress.start()
+        state["task"] = progress.add_task(sweep.name, total=n_todo)
+
+    def on_runs(n: int) -> None:
+        progress.advance(state["task"], n)
+
+    try:
+        summary = run_sweep(sweep, out_dir, chunk=chunk, address=address, device=device,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            num_cpus=num_cpus, on_start=on_start, on_runs=on_runs)
+    except StoreError as err:
+        _fail(str(err), 1)
+    finally:
+        progress.stop()
+    if summary.runs == 0 and summary.skipped == summary.total and not summary.written:
+        console.print(f"{sweep.name}: all {summary.total} configs already in {out_dir}; nothing to run")
+        return
+    counts = ", ".join(f"{v} {k}" for k, v in summary.written.items())
+    rate = summary.runs / summary.seconds if summary.seconds else 0.0
+    console.print(f"{sweep.name}: wrote {summary.runs} rows ({counts}) to {out_dir} in {summary.seconds:.1f} s "
+                  f"({rate:.1f} runs/s); {summary.skipped} were already there")
+    if summary.written.get("failed_trials"):
+        _fail(f"{summary.written['failed_trials']} chunk(s) failed after retries; run the same command "
+              "again to retry the missing configs", 1)
+
+
+@app.command()
+def show(
+    results: Path = typer.Argument(..., help="Results folder, e.g. results/quickstart."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Summarize a results folder: runs, status counts, and the axes with their values."""
+    from phasemap.summary import ResultsError, summarize
+
+    try:
+        info = summarize(results)
+    except ResultsError as err:
+        _fail(str(err))
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    console.print(f"[bold]{info['path']}[/]: {info['runs']} runs in {info['files']} files "
+                  f"(sweeps: {', '.join(info['sweeps'])})")
+    console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(info["status"].items())))
+    for axis, values in info["axes"].items():
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:12])
+        more = f" … ({len(values)} values)" if len(values) > 12 else ""
+        console.print(f"  {axis}: {shown}{more}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Batched training: M students of one shape trained as one computation.
+
+Every tensor has a leading model axis M. Each model has its own gamma, lr, batch size, input
+noise, seeds and data; a step is a handful of batched matmuls (bmm) with a hand-written
+backward pass, so there is no Python work per model per step. Models never mix: a model that
+diverges (NaN/inf) is frozen and reported, and leaves the others' numbers unchanged.
+
+Loss, per model:  L(theta) = (1/B) sum_n ||y_n - f(x_n)||^2 + gamma ||theta||^2
+(squared error summed over output dims, averaged over the B samples of the batch; the
+penalty covers every weight and bias). With adamw, gamma is the decoupled decay instead:
+theta <- theta (1 - lr gamma) each step, as torch.optim.AdamW(weight_decay=gamma).
+
+    batch = build_batch(configs)          # configs of one shape_key
+    result = fit(batch)                   # result.weights[l]: (M, fan_in, fan_out)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from phasemap import rng
+from phasemap.activations import ACTIVATION_FNS, DERIVATIVES
+from phasemap.tasks import init_student, make_data
+
+Tensor = torch.Tensor
+
+SHAPE_KEYS = ("input_dim", "output_dim", "n_train", "n_test", "depth", "width",
+              "activation", "bias", "optimizer", "steps")
+CHECK_EVERY = 100  # steps between divergence checks
+
+
+def shape_key(cfg: dict) -> tuple:
+    """Configs with equal keys can be trained in one batch."""
+    return tuple(cfg[k] for k in SHAPE_KEYS)
+
+
+@dataclass
+class Batch:
+    """M models of one shape, ready to train. Shapes in comments; d = d_in, k = d_out."""
+
+    x: Tensor                 # (M, N, d) train inputs
+    y: Tensor                 # (M, N, k) train targets (label noise included)
+    x_test: Tensor            # (M, Nt, d)
+    y_test: Tensor            # (M, Nt, k) noiseless
+    weights: list[Tensor]     # W_l: (M, fan_in, fan_out)
+    biases: list[Tensor]      # b_l: (M, 1, fan_out), empty without biases
+    gamma: Tensor             # (M,)
+    lr: Tensor                # (M,)
+    batch_size: Tensor        # (M,) int64
+    input_noise: Tensor       # (M,) sigma of per-step input noise (0 for label noise)
+    beta1: Tensor             # (M,)
+    beta2: Tensor             # (M,)
+    eps: Tensor               # (M,)
+    keys: Tensor              # (M,) int64 per-model stream key for minibatches and noise
+    activation: str
+    optimizer: str
+    steps: int
+
+    @property
+    def n_models(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def params(self) -> list[Tensor]:
+        return self.weights + self.biases
+
+
+@dataclass
+class Result:
+    """Final state of a trained batch. Losses are NaN for diverged models."""
+
+    weights: list[Tensor]
+    biases: list[Tensor]
+    train_loss: Tensor        # (M,) data term on the whole train set
+    test_loss: Tensor         # (M,) on the noiseless test set
+    diverged_step: Tensor     # (M,) int64, -1 where the model stayed finite
+    seconds: float
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> Tensor:
+        return self.diverged_step >= 0
+
+
+def build_batch(configs: list[dict], device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> Batch:
+    """Draw data and initial students for configs that share one shape_key."""
+    keys = {shape_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError(f"configs of {len(keys)} different shapes in one batch")
+    data = [make_data(c, dtype) for c in configs]
+    students = [init_student(c, dtype) for c in configs]
+
+    def stack(items) -> Tensor:
+        return torch.stack(list(items)).to(device)
+
+    def per_model(key, dt=dtype) -> Tensor:
+        return torch.tensor([c[key] for c in configs], dtype=dt, device=device)
+
+    first = configs[0]
+    return Batch(
+        x=stack(d["x_train"] for d in data),
+        y=stack(d["y_train"] for d in data),
+        x_test=stack(d["x_test"] for d in data),
+        y_test=stack(d["y_test"] for d in data),
+        weights=[stack(s[0][l] for s in students) for l in range(first["depth"])],
+        biases=[stack(s[1][l] for s in students) for l in range(len(students[0][1]))],
+        gamma=per_model("gamma"),
+        lr=per_model("lr"),
+        batch_size=per_model("batch_size", torch.int64),
+        input_noise=torch.tensor(
+            [c["sigma"] if c["noise_on"] == "inputs" else 0.0 for c in configs], dtype=dtype, device=device),
+        beta1=per_model("beta1"),
+        beta2=per_model("beta2"),
+        eps=per_model("eps"),
+        keys=torch.tensor([rng.derive_seed(c["seed"], "sgd") for c in configs], dtype=torch.int64, device=device),
+        activation=first["activation"],
+        optimizer=first["optimizer"],
+        steps=first["steps"],
+    )
+
+
+def forward(weights: list[Tensor], biases: list[Tensor], x: Tensor, activation: str,
+            keep: bool = False) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Batched MLP. x: (M, B, d) -> out (M, B, k); with keep, also pre-activations and activations."""
+    act = ACTIVATION_FNS[activation]
+    zs, hs = [], [x]
+    h = x
+    for l, w in enumerate(weights):
+        z = torch.baddbmm(biases[l], h, w) if biases else torch.bmm(h, w)
+        if l == len(weights) - 1:
+            return z, zs, hs
+        h = act(z)
+        if keep:
+            zs.append(z)
+            hs.append(h)
+    raise AssertionError("unreachable")
+
+
+def loss_and_grads(weights: list[Tensor], biases: list[Tensor], x: Tensor, y: Tensor,
+                   sample_weight: Tensor, activation: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Data loss sum_n w_n ||y_n - f(x_n)||^2 per model (M,) and its gradients, by hand.
+
+    sample_weight: (M, B, 1), 1/B_m on a model's batch samples and 0 on padding.
+    """
+    out, zs, hs = forward(weights, biases, x, activation, keep=True)
+    err = out - y                                       # (M, B, k)
+    loss = (sample_weight * err * err).sum(dim=(1, 2))
+    g = 2 * sample_weight * err                         # dL/d out
+    deriv = DERIVATIVES[activation]
+    gw: list[Tensor] = [None] * len(weights)  # type: ignore[list-item]
+    gb: list[Tensor] = [None] * len(biases)   # type: ignore[list-item]
+    for l in range(len(weights) - 1, -1, -1):
+        gw[l] = torch.bmm(hs[l].transpose(1, 2), g)     # (M, fan_in, fan_out)
+        if biases:
+            gb[l] = g.sum(dim=1, keepdim=True)
+        if l > 0:
+            g = torch.bmm(g, weights[l].transpose(1, 2)) * deriv(zs[l - 1], hs[l])
+    return loss, gw, gb
+
+
+def full_loss(weights: list[Tensor], biases: list[Tensor], x: Tensor, y: Tensor, activation: str) -> Tensor:
+    """(1/N) sum_n ||y_n - f(x_n)||^2 per model, (M,)."""
+    out, _, _ = forward(weights, biases, x, activation)
+    return ((out - y) ** 2).sum(dim=2).mean(dim=1)
+
+
+class _Minibatches:
+    """Per-step batches for models with their own batch sizes; full-batch models skip sampling."""
+
+    def __init__(self, batch: Batch):
+        n = batch.x.shape[1]
+        self.batch = batch
+        self.full = bool((batch.batch_size == n).all())
+        self.k = int(batch.batch_size.max())
+        pos = torch.arange(self.k, device=batch.x.device)
+        mask = (pos[None, :] < batch.batch_size[:, None]).to(batch.x.dtype)
+        self.weight = (mask / batch.batch_size[:, None].to(batch.x.dtype))[..., None]   # (M, k, 1)
+        self.rows = torch.arange(batch.n_models, device=batch.x.device)[:, None]
+        self.noisy = bool((batch.input_noise > 0).any())
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor]:
+        b = self.batch
+        if self.full:
+            x, y = b.x, b.y
+        else:
+            idx = rng.subset(b.keys, step, b.x.shape[1], self.k)   # (M, k)
+            x, y = b.x[self.rows, idx], b.y[self.rows, idx]
+        if self.noisy:
+            noise = rng.normal(b.keys ^ 0x5DEECE66D, step, tuple(x.shape[1:]), x.dtype)
+            x = x + b.input_noise[:, None, None] * noise
+        return x, y
+
+
+def _col(v: Tensor, like: Tensor) -> Tensor:
+    """Broadcast a per-model (M,) vector against a parameter (M, ...)."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def fit(batch: Batch) -> Result:
+    """Train every model of the batch for batch.steps steps; return final params and losses."""
+    start = time.perf_counter()
+    params = [p.clone() for p in batch.params]
+    n_w = len(batch.weights)
+    sample = _Minibatches(batch)
+    lr = batch.lr.clone()                     # zeroed for diverged models, freezing them
+    decoupled = batch.optimizer == "adamw"
+    adam = batch.optimizer in ("adam", "adamw")
+    m = [torch.zeros_like(p) for p in params] if adam else []
+    v = [torch.zeros_like(p) for p in params] if adam else []
+    diverged_step = torch.full((batch.n_models,), -1, dtype=torch.int64, device=batch.x.device)
+
+    for step in range(batch.steps):
+        x, y = sample(step)
+        loss, gw, gb = loss_and_grads(params[:n_w], params[n_w:], x, y, sample.weight, batch.activation)
+        grads = gw + gb
+        if adam:
+            t = step + 1
+            for p, g, mi, vi in zip(params, grads, m, v):
+                if not decoupled:
+                    g = g + 2 * _col(batch.gamma, p) * p
+                else:
+                    p.mul_(1 - _col(lr * batch.gamma, p))
+                b1, b2 = _col(batch.beta1, p), _col(batch.beta2, p)
+                mi.mul_(b1).add_((1 - b1) * g)
+                vi.mul_(b2).add_((1 - b2) * g * g)
+                m_hat = mi / (1 - b1 ** t)
+                v_hat = vi / (1 - b2 ** t)
+                p.sub_(_col(lr, p) * m_hat / (v_hat.sqrt() + _col(batch.eps, p)))
+        else:
+            for p, g in zip(params, grads):
+                # p <- p - lr (g + 2 gamma p)
+                p.mul_(1 - 2 * _col(lr * batch.gamma, p)).sub_(_col(lr, p) * g)
+        if (step + 1) % CHECK_EVERY == 0 or step + 1 == batch.steps:
+            bad = ~torch.isfinite(loss)
+            for p in params:
+                bad |= ~torch.isfinite(p).flatten(1).all(dim=1)
+            new = bad & (diverged_step < 0)
+            if new.any():
+                diverged_step[new] = step + 1
+                lr[new] = 0.0
+                for p in params:
+                    p[new] = 0.0              # keeps inf/NaN arithmetic out of later steps
+
+    weights, biases = params[:n_w], params[n_w:]
+    nan = torch.tensor(float("nan"), dtype=batch.x.dtype, device=batch.x.device)
+    dead = diverged_step >= 0
+    train_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x, batch.y, batch.activation))
+    test_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x_test, batch.y_test, batch.activation))
+    return Result(weights, biases, train_loss, test_loss, diverged_step, time.perf_counter() - start)

@@ -1,0 +1,234 @@
+"""From a validated sweep spec to resolved configs: axes, the Cartesian product, derivations, run ids.
+
+A resolved config is a flat dict holding every key of task/model/train/metrics once, with
+the derived values filled in (batch size, temperature, the linear teacher's spectrum):
+
+    configs = expand(load_spec("sweeps/quickstart.yaml"))
+    configs[0]["run_id"]  # a stable 32-hex hash of the config, the same on any machine
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from phasemap.spec import (
+    KEY_SECTION,
+    SECTIONS,
+    UNSWEEPABLE,
+    SpecError,
+    SweepSpec,
+    _suggest,
+    axis_key,
+)
+
+MLP_ONLY = ("teacher_depth", "teacher_activation", "output_scale")
+LINEAR_ONLY = ("spectrum", "whiten")
+# The key that names a run; everything else in a row describes or measures it.
+RUN_ID = "run_id"
+
+
+def _canonical(value: float) -> float:
+    # 12 significant digits: logspace/linspace values become identical on every platform.
+    return float(f"{value:.12g}")
+
+
+def axis_values(name: str, axis: Any) -> list:
+    """Expand one raw axis definition (list, logspace, linspace or range) to its values."""
+    where = f"grid.{name}"
+    if isinstance(axis, list):
+        if not axis:
+            raise SpecError(f"{where}: the axis is empty; give at least one value", key=where)
+        return list(axis)
+    if not isinstance(axis, dict) or len(axis) != 1:
+        raise SpecError(
+            f"{where}: an axis is a list of values or one of "
+            "{logspace: [lo, hi, n]}, {linspace: [lo, hi, n]}, {range: n}",
+            key=where,
+        )
+    (kind, args), = axis.items()
+    if kind == "range":
+        if isinstance(args, int) and not isinstance(args, bool):
+            args = [0, args]
+        if (not isinstance(args, list) or len(args) != 2
+                or not all(isinstance(a, int) and not isinstance(a, bool) for a in args)):
+            raise SpecError(f"{where}: range takes n or [start, stop] (integers)", key=where)
+        values = list(range(args[0], args[1]))
+        if not values:
+            raise SpecError(f"{where}: range {args} is empty", key=where)
+        return values
+    if kind not in ("logspace", "linspace"):
+        raise SpecError(
+            f"{where}: unknown axis kind {kind!r}{_suggest(kind, ['logspace', 'linspace', 'range'])}",
+            key=where,
+        )
+    if (not isinstance(args, list) or len(args) != 3
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+            or not isinstance(args[2], int)):
+        raise SpecError(f"{where}: {kind} takes [lo, hi, n] with n an integer", key=where)
+    lo, hi, n = args
+    if n < 1:
+        raise SpecError(f"{where}: {kind} needs n >= 1 points, got {n}", key=where)
+    if kind == "logspace":
+        if lo <= 0 or hi <= 0:
+            raise SpecError(
+                f"{where}: logspace bounds are values, not exponents, and must be > 0 (got {lo}, {hi})",
+                key=where,
+            )
+        raw = np.geomspace(lo, hi, n)
+    else:
+        raw = np.linspace(lo, hi, n)
+    return [_canonical(v) for v in raw]
+
+
+def _validate_axis(spec: SweepSpec, name: str, values: list) -> list:
+    """Check each value of an axis against its key's type and range; return coerced values."""
+    key = axis_key(name)
+    section = KEY_SECTION.get(key)
+    if section is None or ("." in name and name.split(".", 1)[0] != section) or key in UNSWEEPABLE:
+        hint = _suggest(key, KEY_SECTION)
+        raise SpecError(f"grid.{name}: not a sweepable config key{hint}", key=f"grid.{name}")
+    cls = SECTIONS[section]
+    base = getattr(spec, section).model_dump(exclude_unset=True)
+    coerced = []
+    for value in values:
+        if isinstance(value, (dict, list)):
+            raise SpecError(f"grid.{name}: axis values must be scalars, got {value!r}", key=f"grid.{name}")
+        try:
+            model = cls.model_validate({**base, key: value})
+        except ValidationError as err:
+            if isinstance(value, float) and value.is_integer():
+                try:  # linspace over an integer key, e.g. width
+                    model = cls.model_validate({**base, key: int(value)})
+                except ValidationError:
+                    model = None
+                if model is not None:
+                    coerced.append(getattr(model, key))
+                    continue
+            msg = err.errors()[0]["msg"]
+            raise SpecError(f"grid.{name}: value {value!r}: {msg}", key=f"grid.{name}") from None
+        coerced.append(getattr(model, key))
+    if len(set(map(repr, coerced))) != len(coerced):
+        raise SpecError(f"grid.{name}: the axis repeats a value", key=f"grid.{name}")
+    return coerced
+
+
+def axes(spec: SweepSpec) -> dict[str, list]:
+    """The sweep's axes as {bare key: validated values}, in file order."""
+    out: dict[str, list] = {}
+    for name, axis in spec.grid.items():
+        key = axis_key(name)
+        if key in out:
+            raise SpecError(f"grid.{name}: axis {key!r} is given twice", key=f"grid.{name}")
+        out[key] = _validate_axis(spec, name, axis_values(name, axis))
+    return out
+
+
+def _base_flat(spec: SweepSpec) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        flat.update(getattr(spec, section).model_dump())
+    return flat
+
+
+def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
+    d_min = min(cfg["input_dim"], cfg["output_dim"])
+    cfg["spectrum_c"] = cfg["spectrum_alpha"] = None
+    if cfg["teacher"] == "mlp":
+        for key in LINEAR_ONLY:
+            if key in explicit:
+                raise SpecError(f"task.{key}: applies only to a linear teacher (teacher: linear)", key=f"task.{key}")
+        if cfg["teacher_rank"] is None:
+            raise SpecError("task.teacher_rank: required for an mlp teacher (its hidden units)", key="task.teacher_rank")
+        cfg["spectrum"] = None
+        return
+    for key in MLP_ONLY:
+        if key in explicit:
+            raise SpecError(f"task.{key}: applies only to an mlp teacher (teacher: mlp)", key=f"task.{key}")
+    spectrum = cfg["spectrum"]
+    if spectrum is None:
+        raise SpecError("task.spectrum: a linear teacher needs a spectrum (a list, or {power_law: {c, alpha}})",
+                        key="task.spectrum")
+    if isinstance(spectrum, dict):  # power law, resolved to min(input_dim, output_dim) values
+        c, alpha = spectrum["power_law"]["c"], spectrum["power_law"]["alpha"]
+        cfg["spectrum_c"], cfg["spectrum_alpha"] = c, alpha
+        spectrum = [_canonical(c * i ** (-alpha)) for i in range(1, d_min + 1)]
+    elif len(spectrum) > d_min:
+        raise SpecError(f"task.spectrum: {len(spectrum)} values but min(input_dim, output_dim) = {d_min}",
+                        key="task.spectrum")
+    rank = cfg["teacher_rank"] if cfg["teacher_rank"] is not None else len(spectrum)
+    if rank > len(spectrum):
+        raise SpecError(f"task.teacher_rank: {rank} is larger than the spectrum ({len(spectrum)} values)",
+                        key="task.teacher_rank")
+    cfg["teacher_rank"] = rank
+    cfg["spectrum"] = [float(s) for s in spectrum[:rank]]
+    if cfg["whiten"] and cfg["n_train"] < cfg["input_dim"]:
+        raise SpecError(f"task.whiten: needs n_train >= input_dim ({cfg['n_train']} < {cfg['input_dim']})",
+                        key="task.whiten")
+
+
+def _resolve_batch(cfg: dict, explicit: set[str]) -> None:
+    """Fill batch_size (an int), lr, temperature and temperature_effective; T = lr / batch_size."""
+    n = cfg["n_train"]
+    batch, temp = cfg["batch_size"], cfg["temperature"]
+    if temp is not None:
+        if cfg["hold"] == "lr":
+            if "batch_size" in explicit and batch != "full":
+                raise SpecError("train.batch_size: derived from train.temperature when hold is lr; "
+                                "remove it or set hold: batch_size", key="train.batch_size")
+            batch = n if temp == 0 else round(cfg["lr"] / temp)
+            if not 1 <= batch <= n:
+                raise SpecError(f"train.temperature: T={temp} with lr={cfg['lr']} needs batch size "
+                                f"lr/T={cfg['lr'] / temp:.4g}, outside [1, n_train={n}]", key="train.temperature")
+        else:
+            if batch == "full" or temp == 0:
+                raise SpecError("train.hold: hold: batch_size needs an integer train.batch_size and T > 0 "
+                                "(T = 0 is full-batch GD: use hold: lr)", key="train.hold")
+            cfg["lr"] = _canonical(temp * batch)
+    batch = n if batch == "full" else batch
+    if batch > n:
+        raise SpecError(f"train.batch_size: {batch} is larger than n_train={n}", key="train.batch_size")
+    cfg["batch_size"] = batch
+    cfg["temperature_effective"] = 0.0 if batch == n else _canonical(cfg["lr"] / batch)
+    if temp is None:
+        cfg["temperature"] = cfg["temperature_effective"]
+
+
+def run_id(cfg: dict[str, Any]) -> str:
+    """A stable hash of a resolved config: sorted keys, shortest-repr floats, 32 hex digits."""
+    payload = {k: v for k, v in cfg.items() if k != RUN_ID}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """One grid point: base values, overridden by the point, derived and hashed."""
+    cfg = {**base, **point}
+    try:
+        _resolve_teacher(cfg, explicit)
+        _resolve_batch(cfg, explicit)
+    except SpecError as err:
+        if point:
+            where = ", ".join(f"{k}={v}" for k, v in point.items())
+            raise SpecError(f"{err} [at grid point {where}]", key=err.key) from None
+        raise
+    cfg[RUN_ID] = run_id(cfg)
+    return cfg
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every config of the sweep (the Cartesian product of its axes), resolved, in grid order."""
+    grid = axes(spec)
+    base, explicit = _base_flat(spec), spec.explicit_keys()
+    keys = list(grid)
+    return [resolve(base, dict(zip(keys, values)), explicit) for values in itertools.product(*grid.values())]
+
+
+def n_configs(spec: SweepSpec) -> int:
+    return math.prod(len(v) for v in axes(spec).values())

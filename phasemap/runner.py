@@ -1,0 +1,83 @@
+"""One chunk of configs in, one row per config out: tasks -> engine -> symmetry -> rows.
+
+Needs only torch and numpy, so a chunk runs the same inside a Ray trial, in a notebook or on
+a GPU machine without Ray. A batch that raises becomes `failed` rows carrying the error.
+
+    rows = run_chunk(configs, device="cpu")
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import traceback
+from itertools import groupby
+
+import torch
+
+from phasemap import engine, symmetry
+
+THRESHOLDS = ("delta_threshold", "dead_threshold", "dead_relative", "distinct_threshold",
+              "rank_tol", "rank_atol")
+DEFAULT_MAX_MODELS = {"cpu": 256, "cuda": 4096}
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' is cuda when torch sees a GPU, else cpu; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA device (is this a CPU build of torch?)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch) -> list[dict]:
+    th = {k: torch.tensor([c[k] for c in configs], device=batch.x.device) for k in THRESHOLDS}
+    metrics = symmetry.measure(result.weights, result.biases, batch.x_test, batch.activation, th)
+    diverged = result.diverged.tolist()
+    div_step = result.diverged_step.tolist()
+    train_loss, test_loss = result.train_loss.tolist(), result.test_loss.tolist()
+    share = result.seconds / len(configs)
+    rows = []
+    for i, cfg in enumerate(configs):
+        row = {**cfg, "status": "diverged" if diverged[i] else "ok", "error": None,
+               "train_loss": None if diverged[i] else train_loss[i],
+               "test_loss": None if diverged[i] else test_loss[i],
+               "diverged_step": div_step[i] if diverged[i] else None,
+               "train_seconds": share, "batch_models": len(configs)}
+        for key, values in metrics.items():
+            row[key] = None if diverged[i] else values[i]
+        rows.append(row)
+    return rows
+
+
+def failed_rows(configs: list[dict], error: str) -> list[dict]:
+    """Rows for configs whose training raised: config columns, status and the error only."""
+    return [{**cfg, "status": "failed", "error": error} for cfg in configs]
+
+
+def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None = None) -> list[dict]:
+    """Train and measure every config; batches group configs of one shape, max_models at a time."""
+    device = pick_device(device)
+    max_models = max_models or DEFAULT_MAX_MODELS[device]
+    host = socket.gethostname()
+    rows: list[dict] = []
+    ordered = sorted(configs, key=lambda c: repr(engine.shape_key(c)))
+    for _, group in groupby(ordered, key=lambda c: repr(engine.shape_key(c))):
+        group = list(group)
+        for start in range(0, len(group), max_models):
+            part = group[start:start + max_models]
+            begun = time.time()
+            try:
+                batch = engine.build_batch(part, device)
+                result = engine.fit(batch)
+                new = _metric_rows(part, result, batch)
+            except Exception as err:  # noqa: BLE001 - a bad batch must not stop the sweep
+                detail = "".join(traceback.format_exception_only(type(err), err)).strip()
+                new = failed_rows(part, detail)
+            for row in new:
+                row.update(device=device, host=host, finished_at=time.time(), batch_seconds=time.time() - begun)
+            rows.extend(new)
+    return rows

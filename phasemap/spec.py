@@ -1,0 +1,300 @@
+"""Sweep files: the YAML schema, loading, `--set` overrides and clear errors.
+
+A sweep file has the sections `name`, `task`, `model`, `train`, `metrics`, `grid`.
+Every section is validated by a pydantic model that forbids unknown keys; any
+problem becomes a `SpecError` whose message names the offending key.
+
+    spec = load_spec("sweeps/quickstart.yaml", overrides=["train.steps=500"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
+
+ACTIVATIONS = ("tanh", "relu", "swish", "sin", "quadratic", "linear")
+Activation = Literal["tanh", "relu", "swish", "sin", "quadratic", "linear"]
+
+
+class SpecError(ValueError):
+    """A sweep file or override the user must fix; the message names the key."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def _to_float(value: Any) -> Any:
+    # PyYAML reads `1e-3` (no dot) as a string: accept numeric strings, refuse booleans.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_to_float)]
+PosFloat = Annotated[float, BeforeValidator(_to_float), Field(gt=0)]
+NonNegFloat = Annotated[float, BeforeValidator(_to_float), Field(ge=0)]
+PosInt = Annotated[StrictInt, Field(ge=1)]
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PowerLaw(_Section):
+    """Singular values s_i = c * i**(-alpha), i = 1..min(input_dim, output_dim)."""
+
+    c: PosFloat = 1.0
+    alpha: PosFloat = 1.0
+
+
+class PowerLawSpectrum(_Section):
+    power_law: PowerLaw
+
+
+class TaskSpec(_Section):
+    """Teacher and data. x ~ N(0, input_scale^2) (or sin of it); y = teacher(x) + sigma * noise."""
+
+    teacher: Literal["mlp", "linear"] = "mlp"
+    input_dim: PosInt = 10
+    output_dim: PosInt = 1
+    n_train: PosInt = 300
+    n_test: PosInt = 500
+    input_dist: Literal["gaussian", "sin_gaussian"] = "gaussian"
+    input_scale: PosFloat = 1.0
+    sigma: NonNegFloat = 0.0
+    noise_on: Literal["labels", "inputs"] = "labels"
+    teacher_rank: PosInt | None = None
+    data_seed: NonNegInt | None = None
+    # mlp teachers
+    teacher_depth: PosInt = 2
+    teacher_activation: Activation = "tanh"
+    output_scale: PosFloat = 1.0
+    # linear teachers
+    spectrum: Union[list[PosFloat], PowerLawSpectrum, None] = None
+    whiten: StrictBool = False
+
+
+class ModelSpec(_Section):
+    """The student: `depth` weight layers, `width` units per hidden layer."""
+
+    depth: PosInt = 2
+    width: PosInt = 64
+    activation: Activation = "tanh"
+    init_scale: NonNegFloat = 0.01
+    bias: StrictBool = False
+
+
+class TrainSpec(_Section):
+    """Optimizer and the three symmetry-restoring knobs gamma, temperature and (task) sigma."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PosFloat = 0.05
+    batch_size: Union[PosInt, Literal["full"]] = "full"
+    temperature: NonNegFloat | None = None
+    hold: Literal["lr", "batch_size"] = "lr"
+    gamma: NonNegFloat = 0.0
+    steps: PosInt = 2000
+    seed: NonNegInt = 0
+    beta1: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.999
+    eps: PosFloat = 1e-8
+
+
+class MetricsSpec(_Section):
+    """Thresholds of the symmetry metrics (see phasemap.symmetry)."""
+
+    delta_threshold: PosFloat = 0.1
+    dead_threshold: NonNegFloat = 1e-3
+    dead_relative: NonNegFloat = 0.05
+    distinct_threshold: PosFloat = 0.1
+    rank_tol: PosFloat = 1e-3
+    rank_atol: NonNegFloat = 1e-3
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "task": TaskSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "metrics": MetricsSpec,
+}
+# Every config key lives in exactly one section, so a grid axis may name it bare.
+KEY_SECTION: dict[str, str] = {
+    key: section for section, cls in SECTIONS.items() for key in cls.model_fields
+}
+UNSWEEPABLE = {"spectrum"}  # a list-valued key: sweep teacher_rank instead
+
+Scalar = Union[StrictBool, StrictInt, float, str]
+
+
+class SweepSpec(BaseModel):
+    """A whole sweep file, validated. `grid` maps axis keys to raw axis definitions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=120)]
+    description: str = ""
+    task: TaskSpec = TaskSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    grid: dict[str, Any] = {}
+    source: str = Field(default="", exclude=True)
+
+    def explicit_keys(self) -> set[str]:
+        """Config keys the user set in a section or as a grid axis (not defaults)."""
+        keys = {key for section in SECTIONS for key in getattr(self, section).model_fields_set}
+        return keys | {axis_key(a) for a in self.grid}
+
+
+def axis_key(name: str) -> str:
+    """Map a grid axis name (`gamma` or `train.gamma`) to its bare config key."""
+    return name.split(".", 1)[1] if "." in name else name
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(f"{where}:{line}: YAML syntax error: {problem}") from None
+
+
+def _set_override(raw: dict, assignment: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw mapping."""
+    if "=" not in assignment:
+        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.steps=500")
+    dotted, text = assignment.split("=", 1)
+    value = _parse_yaml(text, f"--set {dotted}")
+    parts = dotted.strip().split(".")
+    if parts[0] == "grid":
+        if len(parts) != 2:
+            raise SpecError(f"--set {dotted}: a grid override is grid.AXIS=VALUES", key=dotted)
+        raw.setdefault("grid", {})
+        raw["grid"][parts[1]] = value
+        return
+    if parts[0] in SECTIONS and len(parts) == 2:
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise SpecError(f"{parts[0]}: must be a mapping", key=parts[0])
+        section[parts[1]] = value
+        return
+    if len(parts) == 1 and parts[0] in ("name", "description"):
+        raw[parts[0]] = value
+        return
+    if len(parts) == 1 and parts[0] in KEY_SECTION:
+        raw.setdefault(KEY_SECTION[parts[0]], {})[parts[0]] = value
+        return
+    raise SpecError(f"--set {dotted}: unknown key{_suggest(dotted, _all_dotted_keys())}", key=dotted)
+
+
+def _all_dotted_keys() -> list[str]:
+    return [f"{s}.{k}" for s, cls in SECTIONS.items() for k in cls.model_fields] + list(KEY_SECTION)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> SpecError:
+    """Turn pydantic's first error into one sentence naming the key."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "union["))]
+    # Union branches add their type names to the location; keep only real keys.
+    loc = [p for p in loc if p not in ("list[...]", "PowerLawSpectrum", "int", "literal['full']")]
+    key = ".".join(([prefix] if prefix else []) + loc)
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        cls: Any = SweepSpec
+        for part in ([prefix] if prefix else []) + parent:
+            cls = SECTIONS.get(part, cls)
+        choices = list(getattr(cls, "model_fields", {}))
+        msg = f"unknown key{_suggest(loc[-1], choices)}"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    else:
+        msg = f"{msg} (got {first.get('input')!r})"
+    return SpecError(f"{key}: {msg}", key=key)
+
+
+def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
+    """Validate a raw mapping (already parsed YAML) into a SweepSpec."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a sweep file must be a YAML mapping with a `name` key")
+    for section in SECTIONS:
+        if raw.get(section) is None and section in raw:
+            raw[section] = {}
+    if raw.get("grid") is None:
+        raw["grid"] = {}
+    if not isinstance(raw["grid"], dict):
+        raise SpecError(f"{source}: grid: must be a mapping of axis name to values", key="grid")
+    try:
+        spec = SweepSpec(**raw, source=source)
+    except ValidationError as err:
+        raise _with_source(format_validation_error(err), source) from None
+    except TypeError as err:  # a non-string top-level key
+        raise SpecError(f"{source}: {err}") from None
+    return spec
+
+
+def _with_source(err: SpecError, source: str) -> SpecError:
+    return SpecError(f"{source}: {err}", key=err.key)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, override and validate a sweep file; raise SpecError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep file")
+    raw = _parse_yaml(path.read_text(), str(path))
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a sweep file must be a YAML mapping with a `name` key")
+    for assignment in overrides or []:
+        _set_override(raw, assignment)
+    return parse_spec(raw, str(path))

@@ -1,0 +1,152 @@
+"""Symmetry metrics of trained students (paper appendix A.1), batched over a leading model axis.
+
+A hidden neuron j of layer l is the vector v_j = [incoming weights (and bias), outgoing weights].
+- dead: ||v_j|| < max(dead_threshold, dead_relative * max_j ||v_j||)  (the fully symmetric state)
+- Delta: sort neurons by norm; Delta_j = ||v_(j+1) - v_(j)|| between norm-neighbours (width - 1 pairs);
+  n_dos = #{Delta_j < delta_threshold}, n_dosb = width - n_dos
+- groups: live neurons i, j are linked when ||v_i - v_j|| <= distinct_threshold * max(||v_i||, ||v_j||)
+  (or ||v_i + v_j||, for odd activations, where v and -v compute the same function); groups are the
+  connected components of that graph (single linkage: a chain is one group, whatever the neuron
+  order); n_distinct = number of groups, the m of the bound m <= C gamma^(-beta)
+- symmetry_class: the partition type, e.g. "3x1,1x2|d2" = one group of 3, two singletons, 2 dead
+- weight_rank: numerical rank of W_1 W_2 ... W_D; rep_rank: rank of the last hidden representation
+  on the test inputs (divided by sqrt(n_test)). A singular value counts when it exceeds
+  max(rank_tol * largest, rank_atol).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from phasemap.activations import ACTIVATION_FNS, ODD
+
+Tensor = torch.Tensor
+
+
+def neuron_vectors(weights: list[Tensor], biases: list[Tensor], layer: int) -> Tensor:
+    """(M, width, fan_in [+1] + fan_out): each hidden neuron of `layer` as one vector."""
+    parts = [weights[layer].transpose(1, 2)]
+    if biases:
+        parts.append(biases[layer].transpose(1, 2))
+    parts.append(weights[layer + 1])
+    return torch.cat(parts, dim=2)
+
+
+def dead_mask(norms: Tensor, dead_threshold: Tensor, dead_relative: Tensor) -> Tensor:
+    """(M, h) True where a neuron's norm is below the dead threshold."""
+    cut = torch.maximum(dead_threshold, dead_relative * norms.max(dim=1).values)
+    return norms < cut[:, None]
+
+
+def neighbour_deltas(vectors: Tensor) -> Tensor:
+    """(M, h - 1) distances between norm-sorted neighbouring neurons."""
+    order = vectors.norm(dim=2).argsort(dim=1)
+    ordered = torch.take_along_dim(vectors, order[..., None], dim=1)
+    return (ordered[:, 1:] - ordered[:, :-1]).norm(dim=2)
+
+
+def group_labels(vectors: Tensor, dead: Tensor, threshold: Tensor, odd: bool) -> Tensor:
+    """(M, h) group of each neuron: the smallest index in its group, -1 for dead neurons."""
+    m, h, _ = vectors.shape
+    norms = vectors.norm(dim=2)
+    dist = torch.cdist(vectors, vectors)
+    if odd:
+        dist = torch.minimum(dist, torch.cdist(vectors, -vectors))
+    scale = torch.maximum(norms[:, :, None], norms[:, None, :])
+    live = ~dead
+    link = (dist <= threshold[:, None, None] * scale) & live[:, :, None] & live[:, None, :]
+    reach = link | torch.diag_embed(live)
+    while True:  # transitive closure by repeated squaring: at most log2(h) rounds
+        grown = torch.bmm(reach.float(), reach.float()) > 0
+        if torch.equal(grown, reach):
+            break
+        reach = grown
+    idx = torch.arange(h, device=vectors.device)
+    first = torch.where(reach, idx, h).min(dim=2).values
+    return torch.where(live, first, -1)
+
+
+def partition_string(labels: list[int]) -> str:
+    """Canonical partition type of one layer: group sizes (descending, with multiplicity) and dead count."""
+    dead = sum(1 for g in labels if g < 0)
+    sizes = Counter(Counter(g for g in labels if g >= 0).values())
+    parts = ",".join(f"{size}x{count}" for size, count in sorted(sizes.items(), reverse=True))
+    return f"{parts}|d{dead}"
+
+
+def canonical_groups(labels: list[int]) -> list[int]:
+    """Relabel groups 0, 1, 2, ... in order of first appearance; dead stays -1."""
+    names: dict[int, int] = {}
+    return [-1 if g < 0 else names.setdefault(g, len(names)) for g in labels]
+
+
+def numerical_rank(mats: Tensor, rank_tol: Tensor, rank_atol: Tensor) -> Tensor:
+    """(M,) number of singular values above max(rank_tol * largest, rank_atol)."""
+    s = torch.linalg.svdvals(mats.double())
+    cut = torch.maximum(rank_tol.double() * s[:, 0], rank_atol.double())
+    return (s > cut[:, None]).sum(dim=1)
+
+
+def last_hidden(weights: list[Tensor], biases: list[Tensor], x: Tensor, activation: str) -> Tensor:
+    """(M, N, width) the last hidden layer's activations on x."""
+    act = ACTIVATION_FNS[activation]
+    h = x
+    for l, w in enumerate(weights[:-1]):
+        h = act(torch.baddbmm(biases[l], h, w) if biases else torch.bmm(h, w))
+    return h
+
+
+def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activation: str,
+            th: dict[str, Tensor]) -> dict[str, list]:
+    """All metrics for M trained models, as columns {name: list of M values}.
+
+    th holds (M,) tensors delta_threshold, dead_threshold, dead_relative, distinct_threshold,
+    rank_tol, rank_atol. Scalar columns describe the first hidden layer; `layer_*` columns
+    hold one entry per hidden layer.
+    """
+    weights = [w.double() for w in weights]
+    biases = [b.double() for b in biases]
+    th = {k: v.double() for k, v in th.items()}
+    n_models = weights[0].shape[0]
+    layers: dict[str, list[list]] = {k: [[] for _ in range(n_models)] for k in
+                                     ("n_distinct", "n_dead", "n_dos", "n_dosb", "symmetry_class", "groups")}
+    deltas: list[list[float]] = [[] for _ in range(n_models)]
+    for layer in range(len(weights) - 1):
+        vec = neuron_vectors(weights, biases, layer)
+        width = vec.shape[1]
+        dead = dead_mask(vec.norm(dim=2), th["dead_threshold"], th["dead_relative"])
+        delta = neighbour_deltas(vec)
+        n_dos = (delta < th["delta_threshold"][:, None]).sum(dim=1)
+        labels = group_labels(vec, dead, th["distinct_threshold"], activation in ODD).tolist()
+        n_dead = dead.sum(dim=1).tolist()
+        for i in range(n_models):
+            layers["n_distinct"][i].append(len({g for g in labels[i] if g >= 0}))
+            layers["n_dead"][i].append(n_dead[i])
+            layers["n_dos"][i].append(int(n_dos[i]))
+            layers["n_dosb"][i].append(width - int(n_dos[i]))
+            layers["symmetry_class"][i].append(partition_string(labels[i]))
+            layers["groups"][i].append(canonical_groups(labels[i]))
+        if layer == 0:
+            deltas = delta.tolist()
+
+    product = weights[0]
+    for w in weights[1:]:
+        product = torch.bmm(product, w)
+    out: dict[str, list] = {
+        "weight_rank": numerical_rank(product, th["rank_tol"], th["rank_atol"]).tolist(),
+        "layer_weight_rank": torch.stack(
+            [numerical_rank(w, th["rank_tol"], th["rank_atol"]) for w in weights], dim=1).tolist(),
+    }
+    if len(weights) > 1:
+        h = last_hidden(weights, biases, x_test.double(), activation) / x_test.shape[1] ** 0.5
+        out["rep_rank"] = numerical_rank(h, th["rank_tol"], th["rank_atol"]).tolist()
+    else:
+        out["rep_rank"] = [None] * n_models
+    for key, per_model in layers.items():
+        if key != "groups":
+            out[key] = [vals[0] if vals else None for vals in per_model]
+        out[f"layer_{key}"] = per_model
+    out["deltas"] = deltas
+    return out
