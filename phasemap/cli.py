@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from phasemap.spec import SpecError, load_spec
@@ -25,7 +26,7 @@ console = Console()
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -58,9 +59,12 @@ def run(
         _fail(f"--device: {device!r} is not one of auto, cpu, cuda")
     try:
         sweep = load_spec(spec, set_)
-        configs = expand(sweep)
     except SpecError as err:
         _fail(str(err))
+    try:
+        configs = expand(sweep)
+    except SpecError as err:
+        _fail(f"{spec}: {err}")
     out_dir = out or Path("results") / sweep.name
     if dry_run:
         from phasemap import store
@@ -124,7 +128,7 @@ def show(
     for axis, values in info["axes"].items():
         shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:12])
         more = f" … ({len(values)} values)" if len(values) > 12 else ""
-        console.print(f"  {axis}: {shown}{more}", highlight=False)
+        console.print(f"  {axis}: {escape(shown)}{more}", highlight=False)
 
 
 def main() -> None:

@@ -180,6 +180,8 @@ class _Minibatches:
         mask = (pos[None, :] < batch.batch_size[:, None]).to(batch.x.dtype)
         self.weight = (mask / batch.batch_size[:, None].to(batch.x.dtype))[..., None]   # (M, k, 1)
         self.rows = torch.arange(batch.n_models, device=batch.x.device)[:, None]
+        # Full-batch models keep their samples in order, as they would in a batch of their own.
+        self.in_order = (batch.batch_size == n)[:, None]
         self.noisy = bool((batch.input_noise > 0).any())
 
     def __call__(self, step: int) -> tuple[Tensor, Tensor]:
@@ -188,11 +190,17 @@ class _Minibatches:
             x, y = b.x, b.y
         else:
             idx = rng.subset(b.keys, step, b.x.shape[1], self.k)   # (M, k)
+            idx = torch.where(self.in_order, pos_like(idx), idx)
             x, y = b.x[self.rows, idx], b.y[self.rows, idx]
         if self.noisy:
             noise = rng.normal(b.keys ^ 0x5DEECE66D, step, tuple(x.shape[1:]), x.dtype)
             x = x + b.input_noise[:, None, None] * noise
         return x, y
+
+
+def pos_like(idx: Tensor) -> Tensor:
+    """0, 1, ..., k-1 along the last axis of idx."""
+    return torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
 
 
 def _col(v: Tensor, like: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -241,23 +242,34 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+# Fields that accept several forms: say the forms instead of one branch's complaint.
+UNION_FORMS = {
+    "batch_size": "a positive integer or 'full'",
+    "spectrum": "a list of positive singular values or {power_law: {c: ..., alpha: ...}}",
+}
+
+
+def _clean_loc(loc) -> list[str]:
+    # Union branches add names like "list[...]" or "function-after[...]" to the location.
+    return [str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p))
+            and str(p) not in ("PowerLawSpectrum",)]
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> SpecError:
-    """Turn pydantic's first error into one sentence naming the key."""
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "union["))]
-    # Union branches add their type names to the location; keep only real keys.
-    loc = [p for p in loc if p not in ("list[...]", "PowerLawSpectrum", "int", "literal['full']")]
-    key = ".".join(([prefix] if prefix else []) + loc)
+    """Turn pydantic's most specific error into one sentence naming the key."""
+    first = max(err.errors(), key=lambda e: len(_clean_loc(e["loc"])))
+    loc = _clean_loc(first["loc"])
+    key = ".".join(([prefix] if prefix else []) + [str(p) for p in loc])
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        parent = loc[:-1]
         cls: Any = SweepSpec
-        for part in ([prefix] if prefix else []) + parent:
-            cls = SECTIONS.get(part, cls)
-        choices = list(getattr(cls, "model_fields", {}))
-        msg = f"unknown key{_suggest(loc[-1], choices)}"
+        for part in ([prefix] if prefix else []) + loc[:-1]:
+            cls = SECTIONS.get(part, PowerLaw if part == "power_law" else cls)
+        msg = f"unknown key{_suggest(loc[-1], list(getattr(cls, 'model_fields', {})))}"
     elif first["type"] == "missing":
         msg = "required key is missing"
+    elif loc and loc[-1] in UNION_FORMS:
+        msg = f"expected {UNION_FORMS[loc[-1]]} (got {first.get('input')!r})"
     else:
         msg = f"{msg} (got {first.get('input')!r})"
     return SpecError(f"{key}: {msg}", key=key)

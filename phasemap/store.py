@@ -94,7 +94,10 @@ def write_rows(rows: list[dict], out_dir: str | Path) -> Path:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is unusable; nothing was created there
         raise StoreError(f"cannot write results to {out_dir}: {err.strerror or err}") from err
     return path
 

@@ -1,0 +1,167 @@
+"""The batched engine: exact semantics, batch independence, NaN isolation, the linear global minimum."""
+
+import pytest
+import torch
+
+from phasemap import engine, rng, symmetry
+from phasemap.grid import expand
+from phasemap.runner import THRESHOLDS, run_chunk
+from phasemap.spec import ACTIVATIONS, parse_spec
+from phasemap.tasks import init_student, make_data
+
+
+def configs_of(raw):
+    return expand(parse_spec(raw))
+
+
+def reference_fit(cfg):
+    """The straightforward way: one model, torch autograd and torch.optim, same data and batches."""
+    data = make_data(cfg)
+    weights, biases = init_student(cfg)
+    params = [p.clone().requires_grad_() for p in weights + biases]
+    ws, bs = params[:len(weights)], params[len(weights):]
+    act = {"tanh": torch.tanh, "relu": torch.relu, "swish": torch.nn.functional.silu, "sin": torch.sin,
+           "quadratic": torch.square, "linear": lambda z: z}[cfg["activation"]]
+    betas = (cfg["beta1"], cfg["beta2"])
+    if cfg["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg["lr"])
+    elif cfg["optimizer"] == "adam":
+        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"])
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"], weight_decay=cfg["gamma"])
+    key = torch.tensor([rng.derive_seed(cfg["seed"], "sgd")])
+    n, s = cfg["n_train"], cfg["batch_size"]
+    for step in range(cfg["steps"]):
+        idx = torch.arange(n) if s == n else rng.subset(key, step, n, s)[0]
+        h = data["x_train"][idx]
+        for l, w in enumerate(ws):
+            h = h @ w + (bs[l] if bs else 0)
+            if l < len(ws) - 1:
+                h = act(h)
+        loss = ((h - data["y_train"][idx]) ** 2).sum(dim=1).mean()
+        if cfg["optimizer"] != "adamw":
+            loss = loss + cfg["gamma"] * sum((p * p).sum() for p in params)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_engine_matches_plain_autograd_and_torch_optim(tiny, optimizer, activation):
+    lr = 0.01 if optimizer != "sgd" else 0.05
+    raw = tiny(model={"activation": activation, "depth": 3, "bias": True},
+               train={"optimizer": optimizer, "lr": lr, "steps": 25, "gamma": 0.05, "batch_size": 8})
+    cfg = configs_of({**raw, "grid": {}})[0]
+    expected = reference_fit(cfg)
+    result = engine.fit(engine.build_batch([cfg]))
+    got = [p[0] for p in result.weights + result.biases]
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g, rtol=1e-4, atol=1e-6), (e - g).abs().max()
+
+
+def mixed_configs(tiny, n_seeds=4):
+    """256 configs of one shape that differ in gamma, lr, batch size, sigma, noise target and seed."""
+    raw = tiny(train={"steps": 40},
+               grid={"gamma": [0.0, 0.01, 0.1, 0.3], "lr": [0.02, 0.1], "batch_size": ["full", 5],
+                     "sigma": [0.0, 0.3], "noise_on": ["labels", "inputs"], "seed": {"range": n_seeds}})
+    return configs_of(raw)
+
+
+def test_a_config_trains_the_same_alone_or_among_255_others(tiny):
+    configs = mixed_configs(tiny)
+    assert len(configs) == 256
+    together = engine.fit(engine.build_batch(configs))
+    for i in (0, 77, 200, 255):
+        alone = engine.fit(engine.build_batch([configs[i]]))
+        for w_all, w_one in zip(together.weights, alone.weights):
+            assert torch.allclose(w_all[i], w_one[0], rtol=1e-5, atol=1e-7)
+        assert torch.allclose(together.train_loss[i], alone.train_loss[0], rtol=1e-5)
+
+
+def test_run_chunk_rows_do_not_depend_on_batch_splitting(tiny):
+    configs = mixed_configs(tiny, n_seeds=1)[:40]
+    big = {r["run_id"]: r for r in run_chunk(configs, "cpu", max_models=256)}
+    small = {r["run_id"]: r for r in run_chunk(configs, "cpu", max_models=7)}
+    for run, row in big.items():
+        assert row["train_loss"] == pytest.approx(small[run]["train_loss"], rel=1e-5)
+        assert row["symmetry_class"] == small[run]["symmetry_class"]
+
+
+def test_a_diverging_model_is_isolated(tiny):
+    raw = tiny(model={"activation": "quadratic"}, train={"steps": 200},
+               grid={"lr": [0.05, 50.0], "seed": {"range": 2}})
+    configs = configs_of(raw)
+    rows = {(r["lr"], r["seed"]): r for r in run_chunk(configs, "cpu")}
+    for seed in (0, 1):
+        bad, good = rows[(50.0, seed)], rows[(0.05, seed)]
+        assert bad["status"] == "diverged" and bad["diverged_step"] > 0
+        assert bad["train_loss"] is None and bad["n_distinct"] is None
+        assert good["status"] == "ok"
+    healthy = [c for c in configs if c["lr"] == 0.05]
+    alone = {r["run_id"]: r for r in run_chunk(healthy, "cpu")}
+    for run, row in alone.items():
+        together = next(r for r in rows.values() if r["run_id"] == run)
+        assert together["train_loss"] == pytest.approx(row["train_loss"], rel=1e-6)
+        assert together["deltas"] == pytest.approx(row["deltas"], rel=1e-5, abs=1e-8)
+
+
+def test_input_noise_is_per_step_and_reproducible(tiny):
+    raw = tiny(task={"noise_on": "inputs"}, train={"steps": 30}, grid={"sigma": [0.0, 0.5]})
+    clean, noisy = configs_of(raw)
+    first = engine.fit(engine.build_batch([clean, noisy]))
+    again = engine.fit(engine.build_batch([noisy]))
+    assert not torch.allclose(first.weights[0][0], first.weights[0][1])
+    assert torch.allclose(first.weights[0][1], again.weights[0][0], rtol=1e-5, atol=1e-7)
+
+
+def test_subset_prefix_does_not_depend_on_the_largest_batch():
+    keys = torch.tensor([3, 99, 12345678901])
+    small = rng.subset(keys, step=7, n=50, k=5)
+    large = rng.subset(keys, step=7, n=50, k=20)
+    assert torch.equal(small, large[:, :5])
+    assert all(len(set(row.tolist())) == 20 for row in large)
+    assert not torch.equal(rng.subset(keys, 8, 50, 5), small)
+    assert int(large.max()) < 50 and int(large.min()) >= 0
+
+
+def test_two_layer_linear_student_reaches_the_known_global_minimum():
+    """sigma_i(W2 W1) = max(s_i - gamma, 0), s_i the singular values of (1/N) sum_n y_n x_n^T."""
+    raw = {"name": "lin",
+           "task": {"teacher": "linear", "input_dim": 8, "output_dim": 6, "n_train": 64, "n_test": 64,
+                    "spectrum": [2.0, 1.0, 0.5, 0.25], "whiten": True, "sigma": 0.2},
+           "model": {"depth": 2, "width": 8, "activation": "linear", "init_scale": 0.1},
+           "train": {"lr": 0.05, "steps": 5000},
+           "grid": {"gamma": [0.1, 0.3, 0.6, 1.2, 2.5]}}
+    configs = configs_of(raw)
+    batch = engine.build_batch(configs)
+    result = engine.fit(batch)
+    th = {k: torch.tensor([c[k] for c in configs]) for k in THRESHOLDS}
+    ranks = symmetry.measure(result.weights, result.biases, batch.x_test, "linear", th)["weight_rank"]
+    for i, cfg in enumerate(configs):
+        x, y = batch.x[i].double(), batch.y[i].double()
+        assert torch.allclose(x.T @ x / 64, torch.eye(8, dtype=torch.float64), atol=1e-5)
+        s = torch.linalg.svdvals(y.T @ x / 64)
+        expected = (s - cfg["gamma"]).clamp(min=0)
+        got = torch.linalg.svdvals((result.weights[0][i] @ result.weights[1][i]).double())
+        survivors = expected > 0
+        assert torch.allclose(got[survivors], expected[survivors], rtol=0.02)
+        assert (got[~survivors] < 0.02 * s[0]).all()
+        assert ranks[i] == int(survivors.sum())
+    assert ranks[-1] == 0 and ranks == sorted(ranks, reverse=True) and len(set(ranks)) >= 4
+
+
+def test_a_batch_that_raises_becomes_failed_rows_and_others_still_run(tiny, monkeypatch):
+    configs = configs_of(tiny(grid={"width": [4, 8]}))
+    real_fit = engine.fit
+
+    def flaky(batch):
+        if batch.weights[0].shape[2] == 4:
+            raise RuntimeError("out of memory (simulated)")
+        return real_fit(batch)
+
+    monkeypatch.setattr(engine, "fit", flaky)
+    rows = {r["width"]: r for r in run_chunk(configs, "cpu")}
+    assert rows[4]["status"] == "failed" and "out of memory (simulated)" in rows[4]["error"]
+    assert rows[8]["status"] == "ok" and rows[8]["error"] is None

@@ -1,0 +1,84 @@
+"""End to end through Ray Tune on an embedded local Ray: rows, resume, growing a grid, `show`."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from phasemap import store
+from phasemap.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in store.files(folder)}
+
+
+def test_quickstart_runs_through_ray_tune_and_resumes(tmp_path):
+    out = tmp_path / "qs"
+    first = invoke("run", ROOT / "sweeps" / "quickstart.yaml", "--out", out, "--set", "train.steps=100")
+    assert first.exit_code == 0, first.output
+    frame = pl.read_parquet(str(out / "**" / "*.parquet"))
+    assert frame.height == 48
+    assert frame["run_id"].n_unique() == 48
+    assert set(frame["status"]) == {"ok"}
+    assert set(frame["sweep"]) == {"quickstart"}
+    for column in ("gamma", "temperature", "lr", "batch_size", "sigma", "width", "teacher_rank", "seed",
+                   "n_distinct", "n_dead", "n_dos", "n_dosb", "weight_rank", "rep_rank", "symmetry_class",
+                   "train_loss", "test_loss", "layer_groups", "train_seconds"):
+        assert column in frame.columns, column
+    assert frame["n_distinct"].null_count() == 0
+    assert sorted(frame["batch_size"].unique()) == [20, 200]
+    assert 1 < len(store.files(out)) <= 16          # chunks, not one file per run
+
+    before = snapshot(out)
+    again = invoke("run", ROOT / "sweeps" / "quickstart.yaml", "--out", out, "--set", "train.steps=100")
+    assert again.exit_code == 0 and "nothing to run" in again.output
+    assert snapshot(out) == before
+
+
+def test_growing_the_grid_runs_only_the_new_points(tmp_path):
+    spec = tmp_path / "grow.yaml"
+    spec.write_text("name: grow\ntask: {teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}\n"
+                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    out = tmp_path / "grow"
+    assert invoke("run", spec, "--out", out).exit_code == 0
+    before = snapshot(out)
+    grown = invoke("run", spec, "--out", out, "--set", "grid.gamma=[0.0, 0.1, 0.2]", "--chunk", "1")
+    assert grown.exit_code == 0, grown.output
+    assert "wrote 2 rows" in grown.output and "4 were already there" in grown.output
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k in before} == before   # old files untouched
+    frame = pl.read_parquet(str(out / "*.parquet"))
+    assert frame.height == 6 and frame["run_id"].n_unique() == 6
+    assert sorted(frame["gamma"].unique()) == [0.0, 0.1, 0.2]
+
+    shown = invoke("show", out, "--json")
+    assert shown.exit_code == 0
+    info = json.loads(shown.output)
+    assert info["runs"] == 6 and info["status"] == {"ok": 6}
+    assert info["axes"]["gamma"] == [0.0, 0.1, 0.2] and info["axes"]["seed"] == [0, 1]
+    table = invoke("show", out)
+    assert "gamma: 0, 0.1, 0.2" in table.output
+
+
+def test_show_refuses_a_folder_without_results(tmp_path):
+    result = invoke("show", tmp_path)
+    assert result.exit_code == 2 and "no phasemap results" in result.output
