@@ -57,6 +57,11 @@ def run(
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device: {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not address:
+        import torch
+        if not torch.cuda.is_available():
+            _fail("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU); "
+                  "see the README's GPU note")
     try:
         sweep = load_spec(spec, set_)
     except SpecError as err:

@@ -165,3 +165,12 @@ def test_a_batch_that_raises_becomes_failed_rows_and_others_still_run(tiny, monk
     rows = {r["width"]: r for r in run_chunk(configs, "cpu")}
     assert rows[4]["status"] == "failed" and "out of memory (simulated)" in rows[4]["error"]
     assert rows[8]["status"] == "ok" and rows[8]["error"] is None
+
+
+def test_engine_and_metrics_import_only_torch_and_numpy():
+    import subprocess
+    import sys
+    code = ("import sys, phasemap.engine, phasemap.symmetry, phasemap.runner, phasemap.tasks; "
+            "print(sorted(m for m in ('ray', 'polars', 'pyarrow', 'pandas', 'pydantic', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

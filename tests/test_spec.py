@@ -124,3 +124,11 @@ def test_scientific_notation_without_dot_is_a_number():
     # PyYAML reads 1e-3 as a string; the spec must still take it as a float.
     spec = parse_spec({"name": "x", "task": {"teacher_rank": 2}, "train": {"gamma": "1e-3"}})
     assert spec.train.gamma == pytest.approx(1e-3)
+
+
+def test_cuda_without_a_gpu_is_refused_before_anything_runs(tmp_path):
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(app, ["run", str(path), "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--device cuda" in result.output
+    assert not (tmp_path / "o").exists()
