@@ -42,14 +42,14 @@ class _RunsPerSecond(TextColumn):
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="Sweep file (YAML)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Results folder [default: results/<name>]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results folder (default: results/NAME)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.steps=500 (repeatable)."),
-    chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Configs per Ray Tune trial [default: auto]."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Configs per Ray Tune trial (default: automatic)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster instead of starting one."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.0),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Fractions share a GPU."),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the embedded Ray [default: all]."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the embedded Ray (default: all)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and count configs; train nothing."),
 ) -> None:
     """Run a sweep: train every config not yet in the results folder, one Parquet row each."""
