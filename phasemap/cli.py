@@ -136,6 +136,45 @@ def show(
         console.print(f"  {axis}: {escape(shown)}{more}", highlight=False)
 
 
+@app.command()
+def bench(
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
+    baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Benchmark the engine on sweeps/bench/ref-mlp.yaml against one-config-per-trial Ray Tune."""
+    from phasemap.bench import baseline_bench, engine_bench, load_configs
+
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device: {device!r} is not one of cpu, cuda")
+    if device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            _fail("--device cuda: torch sees no CUDA device here")
+    result = {"engine": engine_bench(load_configs(n=configs), device, workers)}
+    if baseline:
+        try:
+            result["baseline"] = baseline_bench(load_configs(n=baseline))
+            result["speedup"] = result["engine"]["runs_per_s"] / result["baseline"]["runs_per_s"]
+        except ImportError:
+            err_console.print("ray is not installed here: baseline skipped")
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    e = result["engine"]
+    console.print(f"engine ({e['device']}, {e['workers']} worker(s)): {e['runs']} runs in {e['seconds']:.1f} s "
+                  f"= [bold]{e['runs_per_s']:.1f} runs/s[/], {e['gflops']:.1f} GFLOP/s = "
+                  f"{100 * e['peak_fraction']:.0f}% of the {e['peak_gflops']:.0f} GFLOP/s batched-matmul peak "
+                  f"(warm-up {e['warmup_seconds']:.1f} s)")
+    if "baseline" in result:
+        b = result["baseline"]
+        console.print(f"baseline (one config per Ray Tune trial, plain autograd): {b['runs']} runs in "
+                      f"{b['seconds']:.1f} s = {b['runs_per_s']:.2f} runs/s; engine/baseline = "
+                      f"[bold]{result['speedup']:.0f}x[/]")
+
+
 def main() -> None:
     app()
 

@@ -12,6 +12,8 @@ theta <- theta (1 - lr gamma) each step, as torch.optim.AdamW(weight_decay=gamma
 
     batch = build_batch(configs)          # configs of one shape_key
     result = fit(batch)                   # result.weights[l]: (M, fan_in, fan_out)
+
+The step math lives in phasemap.kernels; this module owns batches, minibatches and the loop.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from phasemap import rng
-from phasemap.activations import ACTIVATION_FNS, DERIVATIVES
+from phasemap import kernels, rng
 from phasemap.tasks import init_student, make_data
 
 Tensor = torch.Tensor
@@ -30,6 +31,7 @@ Tensor = torch.Tensor
 SHAPE_KEYS = ("input_dim", "output_dim", "n_train", "n_test", "depth", "width",
               "activation", "bias", "optimizer", "steps")
 CHECK_EVERY = 100  # steps between divergence checks
+COMPILE_WORK = 2e9  # model x step x sample x unit products above which a batch is compiled
 
 
 def shape_key(cfg: dict) -> tuple:
@@ -123,48 +125,9 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
     )
 
 
-def forward(weights: list[Tensor], biases: list[Tensor], x: Tensor, activation: str,
-            keep: bool = False) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Batched MLP. x: (M, B, d) -> out (M, B, k); with keep, also pre-activations and activations."""
-    act = ACTIVATION_FNS[activation]
-    zs, hs = [], [x]
-    h = x
-    for l, w in enumerate(weights):
-        z = torch.baddbmm(biases[l], h, w) if biases else torch.bmm(h, w)
-        if l == len(weights) - 1:
-            return z, zs, hs
-        h = act(z)
-        if keep:
-            zs.append(z)
-            hs.append(h)
-    raise AssertionError("unreachable")
-
-
-def loss_and_grads(weights: list[Tensor], biases: list[Tensor], x: Tensor, y: Tensor,
-                   sample_weight: Tensor, activation: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Data loss sum_n w_n ||y_n - f(x_n)||^2 per model (M,) and its gradients, by hand.
-
-    sample_weight: (M, B, 1), 1/B_m on a model's batch samples and 0 on padding.
-    """
-    out, zs, hs = forward(weights, biases, x, activation, keep=True)
-    err = out - y                                       # (M, B, k)
-    loss = (sample_weight * err * err).sum(dim=(1, 2))
-    g = 2 * sample_weight * err                         # dL/d out
-    deriv = DERIVATIVES[activation]
-    gw: list[Tensor] = [None] * len(weights)  # type: ignore[list-item]
-    gb: list[Tensor] = [None] * len(biases)   # type: ignore[list-item]
-    for l in range(len(weights) - 1, -1, -1):
-        gw[l] = torch.bmm(hs[l].transpose(1, 2), g)     # (M, fan_in, fan_out)
-        if biases:
-            gb[l] = g.sum(dim=1, keepdim=True)
-        if l > 0:
-            g = torch.bmm(g, weights[l].transpose(1, 2)) * deriv(zs[l - 1], hs[l])
-    return loss, gw, gb
-
-
 def full_loss(weights: list[Tensor], biases: list[Tensor], x: Tensor, y: Tensor, activation: str) -> Tensor:
     """(1/N) sum_n ||y_n - f(x_n)||^2 per model, (M,)."""
-    out, _, _ = forward(weights, biases, x, activation)
+    out, _, _ = kernels.forward(weights, biases, x, activation)
     return ((out - y) ** 2).sum(dim=2).mean(dim=1)
 
 
@@ -203,54 +166,47 @@ def pos_like(idx: Tensor) -> Tensor:
     return torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
 
 
-def _col(v: Tensor, like: Tensor) -> Tensor:
-    """Broadcast a per-model (M,) vector against a parameter (M, ...)."""
-    return v.view(-1, *([1] * (like.dim() - 1)))
+def should_compile(batch: Batch) -> bool:
+    """Compile when the batch's work dwarfs inductor's compile time (seconds, cached on disk)."""
+    width = batch.weights[0].shape[2]
+    work = batch.n_models * batch.steps * batch.x.shape[1] * width * len(batch.weights)
+    return work >= COMPILE_WORK
 
 
-def fit(batch: Batch) -> Result:
-    """Train every model of the batch for batch.steps steps; return final params and losses."""
+def fit(batch: Batch, compile: bool | None = None) -> Result:
+    """Train every model of the batch for batch.steps steps; return final params and losses.
+
+    compile: run each step through torch.compile (None: when the batch is large enough).
+    """
     start = time.perf_counter()
+    compile = should_compile(batch) if compile is None else compile
+    step = kernels.make_step(len(batch.weights), batch.activation, batch.optimizer, compile)
     params = [p.clone() for p in batch.params]
     n_w = len(batch.weights)
     sample = _Minibatches(batch)
-    lr = batch.lr.clone()                     # zeroed for diverged models, freezing them
-    decoupled = batch.optimizer == "adamw"
     adam = batch.optimizer in ("adam", "adamw")
     m = [torch.zeros_like(p) for p in params] if adam else []
     v = [torch.zeros_like(p) for p in params] if adam else []
+    hyper = {"lr": batch.lr.clone(), "gamma": batch.gamma}   # lr is zeroed for diverged models
+    if adam:
+        hyper.update(beta1=batch.beta1, beta2=batch.beta2, eps=batch.eps)
     diverged_step = torch.full((batch.n_models,), -1, dtype=torch.int64, device=batch.x.device)
 
-    for step in range(batch.steps):
-        x, y = sample(step)
-        loss, gw, gb = loss_and_grads(params[:n_w], params[n_w:], x, y, sample.weight, batch.activation)
-        grads = gw + gb
+    for t in range(batch.steps):
+        x, y = sample(t)
         if adam:
-            t = step + 1
-            for p, g, mi, vi in zip(params, grads, m, v):
-                if not decoupled:
-                    g = g + 2 * _col(batch.gamma, p) * p
-                else:
-                    p.mul_(1 - _col(lr * batch.gamma, p))
-                b1, b2 = _col(batch.beta1, p), _col(batch.beta2, p)
-                mi.mul_(b1).add_((1 - b1) * g)
-                vi.mul_(b2).add_((1 - b2) * g * g)
-                m_hat = mi / (1 - b1 ** t)
-                v_hat = vi / (1 - b2 ** t)
-                p.sub_(_col(lr, p) * m_hat / (v_hat.sqrt() + _col(batch.eps, p)))
-        else:
-            for p, g in zip(params, grads):
-                # p <- p - lr (g + 2 gamma p)
-                p.mul_(1 - 2 * _col(lr * batch.gamma, p)).sub_(_col(lr, p) * g)
-        if (step + 1) % CHECK_EVERY == 0 or step + 1 == batch.steps:
+            hyper["bc1"] = 1 - batch.beta1 ** (t + 1)
+            hyper["bc2"] = 1 - batch.beta2 ** (t + 1)
+        loss, params, m, v = step(params, m, v, x, y, sample.weight, hyper)
+        if (t + 1) % CHECK_EVERY == 0 or t + 1 == batch.steps:
             bad = ~torch.isfinite(loss)
             for p in params:
                 bad |= ~torch.isfinite(p).flatten(1).all(dim=1)
             new = bad & (diverged_step < 0)
             if new.any():
-                diverged_step[new] = step + 1
-                lr[new] = 0.0
-                for p in params:
+                diverged_step[new] = t + 1
+                hyper["lr"][new] = 0.0
+                for p in params + m + v:
                     p[new] = 0.0              # keeps inf/NaN arithmetic out of later steps
 
     weights, biases = params[:n_w], params[n_w:]
@@ -258,4 +214,5 @@ def fit(batch: Batch) -> Result:
     dead = diverged_step >= 0
     train_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x, batch.y, batch.activation))
     test_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x_test, batch.y_test, batch.activation))
-    return Result(weights, biases, train_loss, test_loss, diverged_step, time.perf_counter() - start)
+    return Result(weights, biases, train_loss, test_loss, diverged_step, time.perf_counter() - start,
+                  extras={"compiled": compile})

@@ -174,3 +174,23 @@ def test_engine_and_metrics_import_only_torch_and_numpy():
             "print(sorted(m for m in ('ray', 'polars', 'pyarrow', 'pandas', 'pydantic', 'yaml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("optimizer,activation", [("sgd", "tanh"), ("adam", "relu"), ("adamw", "swish")])
+def test_the_compiled_step_gives_the_same_results_as_the_straightforward_one(tiny, optimizer, activation):
+    raw = tiny(model={"activation": activation, "depth": 3, "bias": activation == "relu"},
+               train={"optimizer": optimizer, "lr": 0.02, "steps": 40, "gamma": 0.01},
+               grid={"batch_size": ["full", 8], "seed": {"range": 2}})
+    batch = engine.build_batch(configs_of(raw))
+    plain = engine.fit(batch, compile=False)
+    compiled = engine.fit(batch, compile=True)
+    assert compiled.extras["compiled"] and not plain.extras["compiled"]
+    for a, b in zip(plain.weights + plain.biases, compiled.weights + compiled.biases):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
+def test_fast_tanh_is_tanh_to_float_precision():
+    from phasemap.kernels import fast_tanh
+    z = torch.linspace(-30, 30, 200_001)
+    assert (fast_tanh(z) - torch.tanh(z)).abs().max() < 1e-6
+    assert torch.equal(fast_tanh(-z), -fast_tanh(z))

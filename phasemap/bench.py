@@ -1,0 +1,150 @@
+"""`phasemap bench`: the engine on the reference workload ref-mlp, against the naive way.
+
+- engine: every config of sweeps/bench/ref-mlp.yaml through `runner.run_chunk` (training and
+  metrics, no Ray), on the CPU one single-threaded worker process per core (as Ray runs trials),
+  on a GPU one process. Reports runs/s, achieved GFLOP/s of matmul, and that as a fraction of
+  this machine's batched-matmul peak measured in the same run.
+- baseline: the usual way, one config per Ray Tune trial running a plain torch autograd loop
+  (nn.Linear layers, torch.optim.SGD, the penalty in the loss), Ray start-up included.
+
+    phasemap bench                  # CPU, all 2048 configs, baseline on 4 configs
+    phasemap bench --configs 256 --json
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+REF = Path(__file__).resolve().parent.parent / "sweeps" / "bench" / "ref-mlp.yaml"
+
+
+def matmul_flops(cfg: dict) -> float:
+    """Matmul FLOPs of one training step of one model: forward, weight and hidden gradients."""
+    sizes = [cfg["input_dim"]] + [cfg["width"]] * (cfg["depth"] - 1) + [cfg["output_dim"]]
+    layers = [a * b for a, b in zip(sizes, sizes[1:])]
+    return 2.0 * cfg["batch_size"] * (2 * sum(layers) + sum(layers[1:]))
+
+
+def load_configs(path: str | Path = REF, n: int | None = None) -> list[dict]:
+    """The reference configs (spread evenly over the grid when only n are asked for)."""
+    from phasemap.grid import expand
+    from phasemap.spec import load_spec
+
+    configs = expand(load_spec(path))
+    if n and n < len(configs):
+        stride = len(configs) / n
+        configs = [configs[int(i * stride)] for i in range(n)]
+    return configs
+
+
+def _worker(configs: list[dict], device: str, warmup: bool) -> dict:
+    torch.set_num_threads(1 if device == "cpu" else torch.get_num_threads())
+    from phasemap import engine
+    from phasemap.runner import DEFAULT_MAX_MODELS, run_chunk
+
+    started = time.perf_counter()
+    if warmup and configs:  # compile the step for a block's shape, outside the timed part
+        batch = engine.build_batch(configs[:DEFAULT_MAX_MODELS[device]], device)
+        compile = engine.should_compile(batch)
+        batch.steps = 1
+        engine.fit(batch, compile=compile)
+    ready = time.perf_counter()
+    rows = run_chunk(configs, device)
+    done = time.perf_counter()
+    return {"runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+            "warmup_s": ready - started, "seconds": done - ready}
+
+
+def batched_matmul_peak(device: str, threads: int) -> float:
+    """GFLOP/s of a large batched matmul on this machine (the same kind of kernel the engine uses)."""
+    torch.set_num_threads(threads)
+    m, n = (64, 256) if device == "cpu" else (512, 512)
+    a, b = torch.randn(m, n, n, device=device), torch.randn(m, n, n, device=device)
+    torch.bmm(a, b)
+    best = math.inf
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch.bmm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * m * n**3 / best / 1e9
+
+
+def engine_bench(configs: list[dict], device: str = "cpu", workers: int | None = None) -> dict:
+    """Train every config through the engine; return runs/s, GFLOP/s and the peak fraction."""
+    workers = workers or (os.cpu_count() or 1) if device == "cpu" else 1
+    shares = [configs[i::workers] for i in range(workers)]
+    started = time.perf_counter()
+    if workers == 1:
+        parts = [_worker(shares[0], device, True)]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(_worker, shares, [device] * workers, [True] * workers))
+    wall = time.perf_counter() - started
+    train = max(p["seconds"] for p in parts)          # the workers run side by side
+    runs = sum(p["runs"] for p in parts)
+    flops = sum(matmul_flops(c) * c["steps"] for c in configs)
+    peak = batched_matmul_peak(device, workers if device == "cpu" else 1)
+    return {"device": device, "workers": workers, "runs": runs, "ok": sum(p["ok"] for p in parts),
+            "seconds": train, "warmup_seconds": max(p["warmup_s"] for p in parts), "wall_seconds": wall,
+            "runs_per_s": runs / train, "gflops": flops / train / 1e9, "peak_gflops": peak,
+            "peak_fraction": flops / train / 1e9 / peak}
+
+
+def _naive_trial(config: dict) -> None:
+    """One config, the straightforward way: nn.Linear layers, autograd, torch.optim.SGD."""
+    from ray import tune
+
+    from phasemap.tasks import make_data
+
+    torch.set_num_threads(1)
+    cfg = config["cfg"]
+    data = make_data(cfg)
+    torch.manual_seed(cfg["seed"])
+    sizes = [cfg["input_dim"]] + [cfg["width"]] * (cfg["depth"] - 1) + [cfg["output_dim"]]
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(torch.nn.Linear(a, b, bias=False))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.Tanh())
+    net = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"])
+    for _ in range(cfg["steps"]):
+        loss = ((net(data["x_train"]) - data["y_train"]) ** 2).sum(1).mean()
+        loss = loss + cfg["gamma"] * sum((p * p).sum() for p in net.parameters())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tune.report({"loss": float(loss)})
+
+
+def baseline_bench(configs: list[dict]) -> dict:
+    """Runs/s of one-config-per-trial Ray Tune with a plain autograd loop, Ray start-up included."""
+    import tempfile
+
+    import ray
+    from ray import tune
+
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tuner = tune.Tuner(
+                tune.with_resources(_naive_trial, {"cpu": 1}),
+                param_space={"cfg": tune.grid_search(configs)},
+                run_config=tune.RunConfig(storage_path=tmp, verbose=0))
+            tuner.fit()
+    finally:
+        ray.shutdown()
+    seconds = time.perf_counter() - started
+    return {"runs": len(configs), "seconds": seconds, "runs_per_s": len(configs) / seconds}
