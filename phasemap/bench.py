@@ -132,11 +132,12 @@ def baseline_bench(configs: list[dict]) -> dict:
     """Runs/s of one-config-per-trial Ray Tune with a plain autograd loop, Ray start-up included."""
     import tempfile
 
+    from phasemap.executor import _init_ray  # sets Tune's quiet output before ray loads
     import ray
     from ray import tune
 
     started = time.perf_counter()
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    _init_ray(None, None)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tuner = tune.Tuner(

@@ -35,8 +35,9 @@ class _RunsPerSecond(TextColumn):
         super().__init__("")
 
     def render(self, task):
-        speed = task.finished_speed or task.speed
-        return f"{speed:.1f} runs/s" if speed else "- runs/s"
+        # The overall rate: progress arrives a chunk at a time, so a windowed rate would jump.
+        elapsed = task.finished_time if task.finished else task.elapsed
+        return f"{task.completed / elapsed:.1f} runs/s" if elapsed and task.completed else "- runs/s"
 
 
 @app.command()
