@@ -137,6 +137,64 @@ def show(
         console.print(f"  {axis}: {escape(shown)}{more}", highlight=False)
 
 
+def _analysis_call(fn, *args, **kwargs):
+    from phasemap.analysis import AnalysisError
+    from phasemap.summary import ResultsError
+
+    try:
+        return fn(*args, **kwargs)
+    except (AnalysisError, ResultsError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def critical(
+    results: Path = typer.Argument(..., help="Results folder."),
+    metric: str = typer.Option(..., "--metric", help="e.g. weight_rank, n_distinct, n_dead."),
+    axis: str = typer.Option(..., "--axis", help="e.g. gamma, temperature, sigma."),
+    by: Optional[str] = typer.Option(None, "--by", help="Comma-separated group columns (default: the other axes)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+) -> None:
+    """Critical points: where the metric changes level along an axis, with bootstrap CIs over seeds."""
+    from phasemap.analysis import critical as find
+
+    table = _analysis_call(find, results, metric, axis, by=by.split(",") if by else None)
+    if as_json:
+        sys.stdout.write(json.dumps(table.to_dicts(), indent=2) + "\n")
+        return
+    if table.height == 0:
+        console.print(f"{metric} does not change level along {axis}")
+        return
+    with __import__("polars").Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
+        console.print(str(table), highlight=False)
+
+
+@app.command()
+def scaling(
+    results: Path = typer.Argument(..., help="Results folder."),
+    metric: str = typer.Option("n_distinct", "--metric"),
+    axis: str = typer.Option("gamma", "--axis"),
+    method: str = typer.Option("transitions", "--method", help="transitions or quantile."),
+    quantile: float = typer.Option(0.9, "--quantile", min=0.0, max=1.0),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fit the bound metric <= C * axis^(-beta); count violations; test saturation in width."""
+    from phasemap.analysis import scaling as fit
+
+    out = _analysis_call(fit, results, metric, axis, method=method, quantile=quantile)
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    console.print(f"{metric} <= C {axis}^(-beta): beta = {out['beta']:.3f} "
+                  f"[{out['beta_ci'][0]:.3f}, {out['beta_ci'][1]:.3f}], C = {out['C']:.3g} "
+                  f"[{out['C_ci'][0]:.3g}, {out['C_ci'][1]:.3g}] ({out['method']}, {len(out['points'])} points); "
+                  f"{out['violations']} of {out['n_runs']} runs above the bound", highlight=False)
+    sat = out["width_saturation"]
+    if sat:
+        console.print(f"width {sat['widths'][0]} -> {sat['widths'][1]}: max relative growth "
+                      f"{sat['max_relative_growth']:.2f}: {'saturated' if sat['saturated'] else 'still growing'}")
+
+
 @app.command()
 def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),

@@ -94,3 +94,14 @@ def test_section_qualified_axis_in_the_wrong_section_is_refused(tiny):
 
 
 GOLDEN_ID = "bce7a0b08d8cbfd55618ebe6715047d2"
+
+
+def test_every_shipped_sweep_file_is_valid():
+    from pathlib import Path
+
+    from phasemap.spec import load_spec
+
+    files = sorted((Path(__file__).resolve().parents[1] / "sweeps").rglob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        assert expand(load_spec(path)), path
