@@ -168,9 +168,9 @@ def _envelope_points(frame: pl.DataFrame, metric: str, axis: str, n_boot: int, r
     return found, boots
 
 
-def scaling(results, metric: str = "n_distinct", axis: str = "gamma", method: str = "transitions",
-            quantile: float = 0.9, n_boot: int = 200, seed: int = 0) -> dict:
-    """Fit the bound metric <= C axis^(-beta); count runs above it; test saturation in width."""
+def scaling_fit(results, metric: str = "n_distinct", axis: str = "gamma", method: str = "transitions",
+                quantile: float = 0.9, n_boot: int = 200, seed: int = 0):
+    """(frame, beta, C, fitted points (x, y), bootstrap fits [(beta, C)]) for the bound metric <= C axis^(-beta)."""
     frame = _frame(results)
     _check(frame, metric, axis)
     if (frame[axis] <= 0).any():
@@ -183,7 +183,6 @@ def scaling(results, metric: str = "n_distinct", axis: str = "gamma", method: st
         if len(points) < 2:
             raise AnalysisError(f"{metric} changes level fewer than twice along {axis}: no line to fit")
         xs, ys = np.array([p for p, _ in points]), np.array([m for _, m in points], dtype=float)
-        beta, c = _fit_line(xs, ys)
         fits = [_fit_line(np.array([p for p, _ in b]), np.array([m for _, m in b], float))
                 for b in boots if len(b) >= 2]
     elif method == "quantile":
@@ -192,7 +191,6 @@ def scaling(results, metric: str = "n_distinct", axis: str = "gamma", method: st
         if q.height < 2:
             raise AnalysisError(f"fewer than two {axis} values with {metric} > 0")
         xs, ys = q[axis].to_numpy(), q[metric].to_numpy()
-        beta, c = _fit_line(xs, ys)
         fits = []
         for _ in range(n_boot):
             idx = rng.integers(0, len(xs), len(xs))
@@ -200,6 +198,14 @@ def scaling(results, metric: str = "n_distinct", axis: str = "gamma", method: st
                 fits.append(_fit_line(xs[idx], ys[idx]))
     else:
         raise AnalysisError(f"unknown method {method!r}; use transitions or quantile")
+    beta, c = _fit_line(xs, ys)
+    return frame, beta, c, (xs, ys), fits
+
+
+def scaling(results, metric: str = "n_distinct", axis: str = "gamma", method: str = "transitions",
+            quantile: float = 0.9, n_boot: int = 200, seed: int = 0) -> dict:
+    """Fit the bound metric <= C axis^(-beta); count runs above it; test saturation in width."""
+    frame, beta, c, (xs, ys), fits = scaling_fit(results, metric, axis, method, quantile, n_boot, seed)
     betas, cs = np.array([f[0] for f in fits]), np.array([f[1] for f in fits])
     bound = c * frame[axis].to_numpy().astype(float) ** (-beta)
     violations = int((frame[metric].to_numpy() > bound * (1 + 1e-9) + 1e-9).sum())

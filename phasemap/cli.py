@@ -196,6 +196,23 @@ def scaling(
 
 
 @app.command()
+def plot(
+    results: Path = typer.Argument(..., help="Results folder."),
+    kind: str = typer.Option("phase", "--kind", help="phase, scaling, width or loss."),
+    x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma)."),
+    y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), or the series (loss)."),
+    color: Optional[str] = typer.Option(None, "--color", help="Metric or symmetry_class (default: n_distinct)."),
+    facet: Optional[str] = typer.Option(None, "--facet", help="A third axis: one panel per value (phase)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
+) -> None:
+    """Draw a phase diagram, a scaling plot, a width-saturation plot or loss curves."""
+    from phasemap.plots import plot as draw
+
+    path = _analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet)
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
