@@ -36,47 +36,57 @@ class AnalysisError(ValueError):
     """A question the data cannot answer as asked (unknown metric or axis, too few points)."""
 
 
-def _frame(results: str | Path | pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def _lazy(results: str | Path | pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The ok runs of a results folder (or a frame), lazily: only the columns asked for are read."""
     if isinstance(results, pl.DataFrame):
-        return results
+        return results.lazy()
     if isinstance(results, pl.LazyFrame):
-        return results.collect()
-    return scan(results).filter(pl.col("status") == "ok").collect()
+        return results
+    return scan(results).filter(pl.col("status") == "ok")
 
 
-def varying_axes(frame: pl.DataFrame) -> list[str]:
+def _frame(results, columns: list[str] | None = None) -> pl.DataFrame:
+    lazy = _lazy(results)
+    return (lazy.select(columns) if columns else lazy).collect()
+
+
+def _candidates(schema: pl.Schema) -> list[str]:
+    return [n for n, t in schema.items() if n not in NOT_AXES and n not in DERIVED and not isinstance(t, pl.List)]
+
+
+def varying_axes(results) -> list[str]:
     """Scalar config columns that take more than one value."""
-    out = []
-    for name, dtype in frame.schema.items():
-        if name in NOT_AXES or name in DERIVED or isinstance(dtype, pl.List):
-            continue
-        if frame[name].n_unique() > 1:
-            out.append(name)
-    return out
+    lazy = _lazy(results)
+    names = _candidates(lazy.collect_schema())
+    if not names:
+        return []
+    counts = lazy.select([pl.col(n).n_unique() for n in names]).collect().row(0)
+    return [n for n, k in zip(names, counts) if k > 1]
 
 
-def group_columns(frame: pl.DataFrame, axis: str, by: list[str] | None = None) -> list[str]:
+def group_columns(results, axis: str, by: list[str] | None = None) -> list[str]:
     """The columns that define a group: the other varying axes, minus seeds and minus columns
     that are a function of `axis` (e.g. batch_size when temperature is the axis)."""
     if by is not None:
         return by
-    out = []
-    for col in varying_axes(frame):
-        if col in (axis, SEED):
-            continue
-        per_value = frame.group_by(axis).agg(pl.col(col).n_unique().alias("n"))["n"].max()
-        if per_value > 1:
-            out.append(col)
-    return out
+    others = [c for c in varying_axes(results) if c not in (axis, SEED)]
+    if not others:
+        return []
+    per_value = (_lazy(results).group_by(axis).agg([pl.col(c).n_unique() for c in others])
+                 .select([pl.col(c).max() for c in others]).collect().row(0))
+    return [c for c, k in zip(others, per_value) if k > 1]
 
 
-def _check(frame: pl.DataFrame, metric: str, axis: str) -> None:
-    if frame.height == 0:
-        raise AnalysisError("no runs with status ok in these results")
+def _check(results, metric: str, axis: str) -> None:
+    lazy = _lazy(results)
+    names = lazy.collect_schema().names()
     for what, col in (("metric", metric), ("axis", axis)):
-        if col not in frame.columns:
+        if col not in names:
             raise AnalysisError(f"{what} {col!r} is not a column of these results")
-    if frame[axis].n_unique() < 2:
+    n_rows, n_axis = lazy.select(pl.len(), pl.col(axis).n_unique()).collect().row(0)
+    if n_rows == 0:
+        raise AnalysisError("no runs with status ok in these results")
+    if n_axis < 2:
         raise AnalysisError(f"axis {axis!r} has a single value; nothing changes along it")
 
 
@@ -107,23 +117,76 @@ def crossings(x: np.ndarray, mean: np.ndarray, log: bool) -> list[tuple[int, int
     return out
 
 
-def _curve(group: pl.DataFrame, metric: str, axis: str) -> tuple[np.ndarray, np.ndarray]:
-    curve = group.group_by(axis).agg(pl.col(metric).cast(pl.Float64).mean()).sort(axis)
-    return curve[axis].to_numpy().astype(float), curve[metric].to_numpy()
-
-
-def _bootstrap(group: pl.DataFrame, metric: str, axis: str, log: bool, n_boot: int,
-               rng: np.random.Generator) -> list[list[tuple[int, int, float]]]:
-    if SEED not in group.columns or group[SEED].n_unique() < 2:
-        return []
-    seeds = group[SEED].unique().to_numpy()
-    by_seed = {s: group.filter(pl.col(SEED) == s) for s in seeds}
-    out = []
-    for _ in range(n_boot):
-        pick = rng.choice(seeds, size=len(seeds), replace=True)
-        sample = pl.concat([by_seed[s] for s in pick])
-        out.append(crossings(*_curve(sample, metric, axis), log))
+def seed_curves(results, metric: str, axis: str, groups: list[str]) -> dict[tuple, tuple]:
+    """Per group: (axis values (K,), per-seed metric means (n_seeds, K), NaN where a seed lacks a value)."""
+    lazy = _lazy(results)
+    seed = [SEED] if SEED in lazy.collect_schema().names() else []
+    agg = (lazy.group_by([*groups, *seed, axis]).agg(pl.col(metric).cast(pl.Float64).mean().alias("m"))
+           .collect())
+    out = {}
+    for key, part in (agg.partition_by(groups, as_dict=True) if groups else {(): agg}).items():
+        xs, x_idx = np.unique(part[axis].to_numpy().astype(float), return_inverse=True)
+        seeds = part[SEED].to_numpy() if seed else np.zeros(part.height)
+        _, s_idx = np.unique(seeds, return_inverse=True)
+        matrix = np.full((s_idx.max() + 1, len(xs)), np.nan)
+        matrix[s_idx, x_idx] = part["m"].to_numpy()
+        out[key] = (xs, matrix)
     return out
+
+
+def _mean(matrix: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(matrix, axis=-2)
+
+
+def _resampled_crossings(u: np.ndarray, curves: np.ndarray, level_from: int, level_to: int,
+                         near: float) -> np.ndarray:
+    """For each curve (B, K), the crossing of this transition's boundary nearest to `near` (in u)."""
+    boundary = (level_from + level_to) / 2
+    d = curves - boundary
+    a, b = d[:, :-1], d[:, 1:]
+    hit = (a >= 0) & (b < 0) if level_to < level_from else (a <= 0) & (b > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        points = u[:-1] + a / (a - b) * (u[1:] - u[:-1])
+    points = np.where(hit, points, np.nan)
+    pick = np.abs(np.where(np.isnan(points), np.inf, points - near)).argmin(axis=1)
+    return points[np.arange(len(points)), pick]      # NaN where a resample lacks the crossing
+
+
+def _valid_curve(xs: np.ndarray, matrix: np.ndarray):
+    """Drop axis values that no seed reached; return xs, matrix and the seed-mean curve."""
+    curve = _mean(matrix)
+    keep = ~np.isnan(curve)
+    return xs[keep], matrix[:, keep], curve[keep]
+
+
+def _resample(matrix: np.ndarray, n_boot: int, rng) -> np.ndarray | None:
+    """(n_boot, K) seed-mean curves over bootstrap resamples of the seeds (None with one seed)."""
+    if matrix.shape[0] < 2 or not n_boot:
+        return None
+    return _mean(matrix[rng.integers(0, matrix.shape[0], (n_boot, matrix.shape[0]))])
+
+
+def _transitions(xs: np.ndarray, matrix: np.ndarray, log: bool, n_boot: int, rng) -> list[dict]:
+    """Critical points of one group's seed-mean curve, each with a bootstrap CI over seeds."""
+    xs, matrix, curve = _valid_curve(xs, matrix)
+    found = crossings(xs, curve, log)
+    if not found:
+        return []
+    u = np.log(xs) if log else xs
+    boots = _resample(matrix, n_boot, rng)
+    rows = []
+    for level_from, level_to, point in found:
+        low = high = point
+        if boots is not None:
+            samples = _resampled_crossings(u, boots, level_from, level_to, np.log(point) if log else point)
+            samples = samples[~np.isnan(samples)]
+            if len(samples):
+                low, high = np.percentile(np.exp(samples) if log else samples, [2.5, 97.5])
+        rows.append({"from": level_from, "to": level_to, "critical": point,
+                     "ci_low": float(low), "ci_high": float(high)})
+    return rows
 
 
 def critical(results, metric: str, axis: str, by: list[str] | None = None, n_boot: int = 200,
@@ -132,22 +195,18 @@ def critical(results, metric: str, axis: str, by: list[str] | None = None, n_boo
 
     Columns: the group's values, `from`, `to`, `critical`, `ci_low`, `ci_high`, `n_runs`.
     """
-    frame = _frame(results)
-    _check(frame, metric, axis)
-    groups = group_columns(frame, axis, by)
-    log = _use_log(frame[axis].unique().to_numpy().astype(float))
+    _check(results, metric, axis)
+    groups = group_columns(results, axis, by)
+    lazy = _lazy(results)
+    log = _use_log(lazy.select(pl.col(axis).unique()).collect()[axis].to_numpy().astype(float))
+    sizes = {tuple(r[:-1]): r[-1] for r in lazy.group_by(groups or [pl.lit(0).alias("_all")])
+             .agg(pl.len()).collect().iter_rows()} if groups else {(): lazy.select(pl.len()).collect().item()}
     rng = np.random.default_rng(seed)
     rows = []
-    parts = frame.partition_by(groups, as_dict=True) if groups else {(): frame}
-    for key, group in parts.items():
-        found = crossings(*_curve(group, metric, axis), log)
-        boots = _bootstrap(group, metric, axis, log, n_boot, rng) if found else []
-        for level_from, level_to, point in found:
-            samples = [p for b in boots for f, t, p in b if (f, t) == (level_from, level_to)]
-            low, high = (np.percentile(samples, [2.5, 97.5]) if samples else (point, point))
-            rows.append({**dict(zip(groups, key)), "from": level_from, "to": level_to, "critical": point,
-                         "ci_low": float(low), "ci_high": float(high), "n_runs": group.height})
-    schema = {g: frame.schema[g] for g in groups} | {
+    for key, (xs, matrix) in seed_curves(results, metric, axis, groups).items():
+        for row in _transitions(xs, matrix, log, n_boot, rng):
+            rows.append({**dict(zip(groups, key)), **row, "n_runs": sizes[tuple(key)]})
+    schema = {g: lazy.collect_schema()[g] for g in groups} | {
         "from": pl.Int64, "to": pl.Int64, "critical": pl.Float64, "ci_low": pl.Float64,
         "ci_high": pl.Float64, "n_runs": pl.Int64}
     return pl.DataFrame(rows, schema=schema).sort([*groups, "critical"])
@@ -159,20 +218,28 @@ def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return -float(slope), float(np.exp(intercept))
 
 
-def _envelope_points(frame: pl.DataFrame, metric: str, axis: str, n_boot: int, rng) -> tuple:
-    """(gamma_m, m) points where the seed-mean metric drops from m to m-1, and bootstrap copies."""
-    log = _use_log(frame[axis].unique().to_numpy().astype(float))
-    found = [(p, f) for f, t, p in crossings(*_curve(frame, metric, axis), log) if t == f - 1 and f > 0]
-    boots = [[(p, f) for f, t, p in b if t == f - 1 and f > 0]
-             for b in _bootstrap(frame, metric, axis, log, n_boot, rng)]
-    return found, boots
+def _envelope_points(frame, metric: str, axis: str, n_boot: int, rng) -> tuple[list, list]:
+    """(gamma_m, m) where the seed-mean metric drops from m to m-1, and per-bootstrap copies."""
+    (xs, matrix), = seed_curves(frame, metric, axis, []).values()
+    log = _use_log(xs)
+    xs, matrix, curve = _valid_curve(xs, matrix)
+    found = [(p, f) for f, t, p in crossings(xs, curve, log) if t == f - 1 and f > 0]
+    boots = _resample(matrix, n_boot, rng) if found else None
+    if boots is None:
+        return found, []
+    u = np.log(xs) if log else xs
+    per_point = np.array([_resampled_crossings(u, boots, m, m - 1, np.log(p) if log else p) for p, m in found])
+    per_point = np.exp(per_point) if log else per_point     # (points, n_boot), NaN where absent
+    return found, [[(per_point[i, j], found[i][1]) for i in range(len(found)) if not np.isnan(per_point[i, j])]
+                   for j in range(n_boot)]
 
 
 def scaling_fit(results, metric: str = "n_distinct", axis: str = "gamma", method: str = "transitions",
                 quantile: float = 0.9, n_boot: int = 200, seed: int = 0):
     """(frame, beta, C, fitted points (x, y), bootstrap fits [(beta, C)]) for the bound metric <= C axis^(-beta)."""
-    frame = _frame(results)
-    _check(frame, metric, axis)
+    _check(results, metric, axis)
+    names = _lazy(results).collect_schema().names()
+    frame = _frame(results, [c for c in dict.fromkeys([axis, metric, SEED, "width"]) if c in names])
     if (frame[axis] <= 0).any():
         raise AnalysisError(f"axis {axis!r} has values <= 0; a power law needs positive values")
     rng = np.random.default_rng(seed)

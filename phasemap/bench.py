@@ -149,3 +149,43 @@ def baseline_bench(configs: list[dict]) -> dict:
         ray.shutdown()
     seconds = time.perf_counter() - started
     return {"runs": len(configs), "seconds": seconds, "runs_per_s": len(configs) / seconds}
+
+
+def synthetic_results(path: str | Path, rows: int = 1_000_000, seed: int = 0) -> Path:
+    """A results folder of `rows` synthetic runs over gamma x temperature x sigma x seeds, where
+    m = floor((c / gamma)^(1/2)) with c shifted by T, sigma and per-run noise (for timing analysis)."""
+    import numpy as np
+    import polars as pl
+
+    n_seed = max(1, rows // 10_000)
+    g, t, s = np.geomspace(1e-3, 1, 100), np.linspace(0, 0.1, 10), np.linspace(0, 1, 10)
+    grid = [a.ravel() for a in np.meshgrid(g, t, s, np.arange(n_seed), indexing="ij")]
+    rng = np.random.default_rng(seed)
+    c = 0.5 * (1 + 0.05 * rng.standard_normal(len(grid[0]))) * (1 - 2 * grid[1]) * (1 - 0.3 * grid[2])
+    m = np.floor(np.clip(c / grid[0], 0, None) ** 0.5).astype(np.int64)
+    frame = pl.DataFrame({"run_id": np.arange(len(m)).astype(str), "status": "ok", "sweep": "synthetic",
+                          "gamma": grid[0], "temperature": grid[1], "sigma": grid[2],
+                          "seed": grid[3].astype(np.int64), "width": 64, "n_distinct": m,
+                          "weight_rank": np.minimum(m, 10)})
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(frame.iter_slices(250_000)):
+        part.write_parquet(path / f"part-{i}.parquet")
+    return path
+
+
+def analysis_bench(rows: int = 1_000_000) -> dict:
+    """Seconds for critical() and scaling() on a synthetic results folder of `rows` runs."""
+    import tempfile
+
+    from phasemap.analysis import critical, scaling
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = synthetic_results(tmp, rows)
+        started = time.perf_counter()
+        found = critical(path, "weight_rank", "gamma")
+        middle = time.perf_counter()
+        fit = scaling(path, "n_distinct", "gamma")
+        done = time.perf_counter()
+    return {"rows": rows, "critical_seconds": middle - started, "critical_rows": found.height,
+            "scaling_seconds": done - middle, "beta": fit["beta"]}

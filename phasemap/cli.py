@@ -213,15 +213,53 @@ def plot(
 
 
 @app.command()
+def validate(
+    quick: bool = typer.Option(False, "--quick", help="Fewer seeds and temperatures (a few minutes)."),
+    out: Path = typer.Option(Path("results/validation"), "--out", help="Where the validation sweeps write."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+) -> None:
+    """Run sweeps/validation/*.yaml and compare measured boundaries and exponents with exact theory."""
+    from rich.table import Table
+
+    from phasemap.validation import validate as run_checks
+
+    rows = _analysis_call(run_checks, out, quick)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table("sweep", "quantity", "predicted", "measured", "tolerance", "")
+        for r in rows:
+            measured = "—" if r["measured"] is None else f"{r['measured']:.4g}"
+            table.add_row(r["sweep"], escape(r["quantity"]), f"{r['predicted']:.4g}", measured, r["tolerance"],
+                          "[green]ok[/]" if r["ok"] else "[bold red]MISS[/]")
+        console.print(table)
+    misses = sum(not r["ok"] for r in rows)
+    if misses:
+        err_console.print(f"{misses} of {len(rows)} checks missed")
+        raise typer.Exit(1)
+
+
+@app.command()
 def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
     baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
+    analysis: bool = typer.Option(False, "--analysis", help="Time the analysis on synthetic rows instead."),
+    rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Benchmark the engine on sweeps/bench/ref-mlp.yaml against one-config-per-trial Ray Tune."""
-    from phasemap.bench import baseline_bench, engine_bench, load_configs
+    from phasemap.bench import analysis_bench, baseline_bench, engine_bench, load_configs
+
+    if analysis:
+        out = analysis_bench(rows)
+        if as_json:
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        else:
+            console.print(f"{out['rows']} synthetic runs: critical {out['critical_seconds']:.2f} s "
+                          f"({out['critical_rows']} critical points), scaling {out['scaling_seconds']:.2f} s")
+        return
 
     if device not in ("cpu", "cuda"):
         _fail(f"--device: {device!r} is not one of cpu, cuda")

@@ -126,8 +126,14 @@ def draw_phase(data: dict):
     plt, sns = _style()
     cells, facet = data["cells"], data["facet"]
     panels = cells[facet].unique().sort().to_list() if facet else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, 3.8), squeeze=False,
-                             sharey=True, constrained_layout=True)
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, grid_axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.2, 3.6 * nrows), squeeze=False,
+                                  sharex=True, sharey=True, constrained_layout=True)
+    flat = list(grid_axes.flat)
+    for unused in flat[len(panels):]:
+        unused.set_visible(False)
+    axes = [flat[:len(panels)]]
     xs_all = cells[data["x"]].unique().sort().to_numpy()
     ys_all = cells[data["y"]].unique().sort().to_numpy()
     if data["categorical"]:
@@ -163,13 +169,14 @@ def draw_phase(data: dict):
         _scale(ax, "y", data["log_y"] and bool((ys_all > 0).all()))
         ax.set_xlabel(label(data["x"]))
         if value is not None:
-            ax.set_title(f"{label(facet)} = {value:g}" if isinstance(value, float) else f"{label(facet)} = {value}")
-    axes[0][0].set_ylabel(label(data["y"]))
+            ax.set_title(f"{label(facet)} = {value:.3g}" if isinstance(value, float) else f"{label(facet)} = {value}")
+    for row in grid_axes:
+        row[0].set_ylabel(label(data["y"]))
     if data["categorical"]:
         handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i]) for i in range(len(classes))]
         fig.legend(handles, classes, title=label(data["color"]), loc="outside right upper", fontsize=7)
     else:
-        fig.colorbar(mesh, ax=axes[0].tolist(), label=label(data["color"]))
+        fig.colorbar(mesh, ax=flat, label=label(data["color"]))
     return fig
 
 

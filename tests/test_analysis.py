@@ -133,3 +133,13 @@ def test_scaling_command_prints_one_json_object(linear_results):
 def test_analysis_cli_refuses_unknown_axis(linear_results):
     result = CliRunner().invoke(app, ["critical", str(linear_results), "--metric", "weight_rank", "--axis", "gama"])
     assert result.exit_code == 2 and "axis 'gama'" in result.output
+
+
+def test_synthetic_benchmark_data_has_the_built_in_exponent(tmp_path):
+    from phasemap.bench import synthetic_results
+
+    path = synthetic_results(tmp_path, rows=20_000)
+    assert pl.read_parquet(str(path / "*.parquet")).height == 20_000
+    found = critical(path, "weight_rank", "gamma")
+    assert set(found.columns) >= {"temperature", "sigma"} and found.height > 100
+    assert scaling(path, "n_distinct", "gamma")["beta"] == pytest.approx(0.5, rel=0.1)

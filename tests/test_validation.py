@@ -1,0 +1,44 @@
+"""Validation against exact theory: the predictions, the checks, and the CLI's exit code."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from phasemap import store, validation
+from phasemap.cli import app
+from phasemap.grid import expand
+from phasemap.runner import run_chunk
+from phasemap.spec import load_spec
+
+
+def test_lyapunov_boundary_without_noise_is_mu():
+    assert validation.lyapunov_gamma(np.full(100, 0.8), lr=0.05) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_lyapunov_boundary_follows_mu_minus_t_v_for_small_lr():
+    h = np.random.default_rng(0).normal(1.0, 1.5, 4000)
+    mu, var = h.mean(), h.var()
+    for lr in (0.002, 0.005):
+        assert validation.lyapunov_gamma(h, lr) == pytest.approx(mu - lr * var, abs=0.1 * lr * var)
+
+
+def test_scalar_check_on_trained_networks(tmp_path):
+    spec = load_spec(validation.SWEEPS / "scalar.yaml", ["grid.seed=[0]"])
+    rows = run_chunk(expand(spec), "cpu", max_models=256)
+    for row in rows:
+        row["sweep"] = "scalar"
+    store.write_rows(rows, tmp_path)
+    (check,) = validation.check_scalar(tmp_path, expand(spec)[0])
+    assert check["ok"], check
+    assert check["measured"] == pytest.approx(check["predicted"], rel=0.03)
+
+
+def test_validate_exits_1_on_a_miss(monkeypatch, tmp_path):
+    monkeypatch.setattr(validation, "CHECKS", {
+        "scalar": lambda results, cfg: [validation._row("scalar", "q", 1.0, 1.5, 0.05)]})
+    rows = validation.validate(tmp_path, run=lambda spec, out: None)
+    assert rows == [{"sweep": "scalar", "quantity": "q", "predicted": 1.0, "measured": 1.5,
+                     "tolerance": "5%", "ok": False}]
+    monkeypatch.setattr(validation, "validate", lambda out, quick: rows)
+    result = CliRunner().invoke(app, ["validate", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "MISS" in result.output
