@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from phasemap.summary import NOT_AXES, scan
+from phasemap import summary
+from phasemap.summary import scan
 
 SEED = "seed"
-DERIVED = {"temperature_effective", "spectrum_c", "spectrum_alpha", "run_id", "sweep"}
 
 
 class AnalysisError(ValueError):
@@ -50,18 +50,9 @@ def _frame(results, columns: list[str] | None = None) -> pl.DataFrame:
     return (lazy.select(columns) if columns else lazy).collect()
 
 
-def _candidates(schema: pl.Schema) -> list[str]:
-    return [n for n, t in schema.items() if n not in NOT_AXES and n not in DERIVED and not isinstance(t, pl.List)]
-
-
 def varying_axes(results) -> list[str]:
     """Scalar config columns that take more than one value."""
-    lazy = _lazy(results)
-    names = _candidates(lazy.collect_schema())
-    if not names:
-        return []
-    counts = lazy.select([pl.col(n).n_unique() for n in names]).collect().row(0)
-    return [n for n, k in zip(names, counts) if k > 1]
+    return summary.varying_axes(_lazy(results))
 
 
 def group_columns(results, axis: str, by: list[str] | None = None) -> list[str]:

@@ -12,6 +12,7 @@ import polars as pl
 
 from phasemap import store
 
+# Result columns and values derived from the axes are never axes themselves.
 NOT_AXES = set(store.RESULT_TYPES) | {"temperature_effective", "spectrum_c", "spectrum_alpha"}
 
 
@@ -27,20 +28,25 @@ def scan(results: str | Path) -> pl.LazyFrame:
     return pl.scan_parquet(str(results / "**" / "*.parquet"))
 
 
+def varying_axes(frame: pl.LazyFrame) -> list[str]:
+    """Scalar config columns that take more than one value."""
+    schema = frame.collect_schema()
+    names = [n for n, t in schema.items() if n not in NOT_AXES and not isinstance(t, pl.List)]
+    if not names:
+        return []
+    counts = frame.select([pl.col(n).n_unique() for n in names]).collect().row(0)
+    return [n for n, k in zip(names, counts) if k > 1]
+
+
 def summarize(results: str | Path) -> dict:
     """Runs, status counts, sweeps and varying axes with their values."""
     frame = scan(results)
-    names = frame.collect_schema().names()
-    scalar = [c for c in names if c not in NOT_AXES
-              and not isinstance(frame.collect_schema()[c], pl.List)]
-    counts = frame.select([pl.len().alias("runs"), *[pl.col(c).n_unique().alias(c) for c in scalar]]).collect()
-    varying = [c for c in scalar if counts[c][0] > 1]
-    axes = {c: frame.select(pl.col(c).unique().sort()).collect()[c].to_list() for c in varying}
+    axes = {c: frame.select(pl.col(c).unique().sort()).collect()[c].to_list() for c in varying_axes(frame)}
     status = frame.group_by("status").len().collect()
     sweeps = frame.select(pl.col("sweep").unique().sort()).collect()["sweep"].to_list()
     return {
         "path": str(results),
-        "runs": int(counts["runs"][0]),
+        "runs": int(frame.select(pl.len()).collect().item()),
         "status": {row["status"]: int(row["len"]) for row in status.iter_rows(named=True)},
         "sweeps": sweeps,
         "files": len(store.files(results)),

@@ -42,3 +42,16 @@ def test_validate_exits_1_on_a_miss(monkeypatch, tmp_path):
     monkeypatch.setattr(validation, "validate", lambda out, quick: rows)
     result = CliRunner().invoke(app, ["validate", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "MISS" in result.output
+
+
+def test_sgd_noise_boundary_on_trained_networks(tmp_path):
+    spec = load_spec(validation.SWEEPS / "scalar-noise.yaml",
+                     ["grid.seed=[0, 1]", "grid.temperature=[0.06]"])
+    rows = run_chunk(expand(spec), "cpu", max_models=256)
+    for row in rows:
+        row["sweep"] = "scalar-noise"
+    store.write_rows(rows, tmp_path)
+    (check,) = validation.check_scalar_noise(tmp_path, expand(spec)[0])
+    assert check["ok"], check
+    # noise moved the boundary well below the noiseless gamma_c = |E[xy]|
+    assert check["measured"] < 0.95 * abs(validation._xy(expand(spec)[0]).mean())
