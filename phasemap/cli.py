@@ -165,8 +165,12 @@ def critical(
     if table.height == 0:
         console.print(f"{metric} does not change level along {axis}")
         return
-    with __import__("polars").Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
-        console.print(str(table), highlight=False)
+    from rich.table import Table
+
+    view = Table(*table.columns)
+    for row in table.iter_rows():
+        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    console.print(view)
 
 
 @app.command()
