@@ -101,15 +101,15 @@ def run(
         _fail(str(err), 1)
     finally:
         progress.stop()
-    if summary.runs == 0 and summary.skipped == summary.total and not summary.written:
+    if summary.runs == 0 and summary.skipped == summary.total and not summary.failed_trials:
         console.print(f"{sweep.name}: all {summary.total} configs already in {out_dir}; nothing to run")
         return
     counts = ", ".join(f"{v} {k}" for k, v in summary.written.items())
     rate = summary.runs / summary.seconds if summary.seconds else 0.0
     console.print(f"{sweep.name}: wrote {summary.runs} rows ({counts}) to {out_dir} in {summary.seconds:.1f} s "
                   f"({rate:.1f} runs/s); {summary.skipped} were already there")
-    if summary.written.get("failed_trials"):
-        _fail(f"{summary.written['failed_trials']} chunk(s) failed after retries; run the same command "
+    if summary.failed_trials:
+        _fail(f"{summary.failed_trials} chunk(s) failed after retries; run the same command "
               "again to retry the missing configs", 1)
 
 

@@ -41,6 +41,7 @@ class Summary:
     total: int
     skipped: int
     written: dict[str, int] = field(default_factory=dict)
+    failed_trials: int = 0
     chunks: int = 0
     seconds: float = 0.0
     out_dir: str = ""
@@ -146,13 +147,14 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
         )
         grid = tuner.fit()
         for result in grid:
-            if result.error is not None:
-                summary.written["failed_trials"] = summary.written.get("failed_trials", 0) + 1
+            if result.error is not None:   # still failing after max_failures retries
+                summary.failed_trials += 1
                 continue
             for key, value in result.metrics.items():
                 if key.startswith("rows_") and isinstance(value, int):
                     summary.written[key[5:]] = summary.written.get(key[5:], 0) + value
     finally:
+        _LISTENERS.pop(id(on_runs), None)
         shutil.rmtree(tmp, ignore_errors=True)
         if own_ray:
             ray.shutdown()
