@@ -20,7 +20,8 @@ from collections import Counter
 
 import torch
 
-from phasemap.activations import ACTIVATION_FNS, ODD
+from phasemap import kernels
+from phasemap.activations import ODD
 
 Tensor = torch.Tensor
 
@@ -89,15 +90,6 @@ def numerical_rank(mats: Tensor, rank_tol: Tensor, rank_atol: Tensor) -> Tensor:
     return (s > cut[:, None]).sum(dim=1)
 
 
-def last_hidden(weights: list[Tensor], biases: list[Tensor], x: Tensor, activation: str) -> Tensor:
-    """(M, N, width) the last hidden layer's activations on x."""
-    act = ACTIVATION_FNS[activation]
-    h = x
-    for l, w in enumerate(weights[:-1]):
-        h = act(torch.baddbmm(biases[l], h, w) if biases else torch.bmm(h, w))
-    return h
-
-
 def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activation: str,
             th: dict[str, Tensor]) -> dict[str, list]:
     """All metrics for M trained models, as columns {name: list of M values}.
@@ -140,7 +132,8 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
             [numerical_rank(w, th["rank_tol"], th["rank_atol"]) for w in weights], dim=1).tolist(),
     }
     if len(weights) > 1:
-        h = last_hidden(weights, biases, x_test.double(), activation) / x_test.shape[1] ** 0.5
+        _, _, hidden = kernels.forward(weights, biases, x_test.double(), activation, keep=True)
+        h = hidden[-1] / x_test.shape[1] ** 0.5             # the last hidden layer, (M, N, width)
         out["rep_rank"] = numerical_rank(h, th["rank_tol"], th["rank_atol"]).tolist()
     else:
         out["rep_rank"] = [None] * n_models

@@ -22,13 +22,19 @@ def test_lyapunov_boundary_follows_mu_minus_t_v_for_small_lr():
         assert validation.lyapunov_gamma(h, lr) == pytest.approx(mu - lr * var, abs=0.1 * lr * var)
 
 
-def test_scalar_check_on_trained_networks(tmp_path):
-    spec = load_spec(validation.SWEEPS / "scalar.yaml", ["grid.seed=[0]"])
+def train_into(folder, sweep: str, overrides: list[str]) -> dict:
+    """Train a validation sweep (reduced by overrides) without Ray; return its first config."""
+    spec = load_spec(validation.SWEEPS / f"{sweep}.yaml", overrides)
     rows = run_chunk(expand(spec), "cpu", max_models=256)
     for row in rows:
-        row["sweep"] = "scalar"
-    store.write_rows(rows, tmp_path)
-    (check,) = validation.check_scalar(tmp_path, expand(spec)[0])
+        row["sweep"] = sweep
+    store.write_rows(rows, folder)
+    return expand(spec)[0]
+
+
+def test_scalar_check_on_trained_networks(tmp_path):
+    cfg = train_into(tmp_path, "scalar", ["grid.seed=[0]"])
+    (check,) = validation.check_scalar(tmp_path, cfg)
     assert check["ok"], check
     assert check["measured"] == pytest.approx(check["predicted"], rel=0.03)
 
@@ -45,13 +51,8 @@ def test_validate_exits_1_on_a_miss(monkeypatch, tmp_path):
 
 
 def test_sgd_noise_boundary_on_trained_networks(tmp_path):
-    spec = load_spec(validation.SWEEPS / "scalar-noise.yaml",
-                     ["grid.seed=[0, 1]", "grid.temperature=[0.06]"])
-    rows = run_chunk(expand(spec), "cpu", max_models=256)
-    for row in rows:
-        row["sweep"] = "scalar-noise"
-    store.write_rows(rows, tmp_path)
-    (check,) = validation.check_scalar_noise(tmp_path, expand(spec)[0])
+    cfg = train_into(tmp_path, "scalar-noise", ["grid.seed=[0, 1]", "grid.temperature=[0.06]"])
+    (check,) = validation.check_scalar_noise(tmp_path, cfg)
     assert check["ok"], check
     # noise moved the boundary well below the noiseless gamma_c = |E[xy]|
-    assert check["measured"] < 0.95 * abs(validation._xy(expand(spec)[0]).mean())
+    assert check["measured"] < 0.95 * abs(validation._xy(cfg).mean())
