@@ -109,11 +109,12 @@ def crossings(x: np.ndarray, mean: np.ndarray, log: bool) -> list[tuple[int, int
 
 
 def seed_curves(results, metric: str, axis: str, groups: list[str]) -> dict[tuple, tuple]:
-    """Per group: (axis values (K,), per-seed metric means (n_seeds, K), NaN where a seed lacks a value)."""
+    """Per group: (axis values (K,), per-seed metric means (n_seeds, K) with NaN where a seed lacks
+    a value, number of runs)."""
     lazy = _lazy(results)
     seed = [SEED] if SEED in lazy.collect_schema().names() else []
-    agg = (lazy.group_by([*groups, *seed, axis]).agg(pl.col(metric).cast(pl.Float64).mean().alias("m"))
-           .collect())
+    agg = (lazy.group_by([*groups, *seed, axis])
+           .agg(pl.col(metric).cast(pl.Float64).mean().alias("m"), pl.len().alias("n")).collect())
     out = {}
     for key, part in (agg.partition_by(groups, as_dict=True) if groups else {(): agg}).items():
         xs, x_idx = np.unique(part[axis].to_numpy().astype(float), return_inverse=True)
@@ -121,7 +122,7 @@ def seed_curves(results, metric: str, axis: str, groups: list[str]) -> dict[tupl
         _, s_idx = np.unique(seeds, return_inverse=True)
         matrix = np.full((s_idx.max() + 1, len(xs)), np.nan)
         matrix[s_idx, x_idx] = part["m"].to_numpy()
-        out[key] = (xs, matrix)
+        out[key] = (xs, matrix, int(part["n"].sum()))
     return out
 
 
@@ -190,13 +191,11 @@ def critical(results, metric: str, axis: str, by: list[str] | None = None, n_boo
     groups = group_columns(results, axis, by)
     lazy = _lazy(results)
     log = _use_log(lazy.select(pl.col(axis).unique()).collect()[axis].to_numpy().astype(float))
-    sizes = {tuple(r[:-1]): r[-1] for r in lazy.group_by(groups or [pl.lit(0).alias("_all")])
-             .agg(pl.len()).collect().iter_rows()} if groups else {(): lazy.select(pl.len()).collect().item()}
     rng = np.random.default_rng(seed)
     rows = []
-    for key, (xs, matrix) in seed_curves(results, metric, axis, groups).items():
+    for key, (xs, matrix, n_runs) in seed_curves(results, metric, axis, groups).items():
         for row in _transitions(xs, matrix, log, n_boot, rng):
-            rows.append({**dict(zip(groups, key)), **row, "n_runs": sizes[tuple(key)]})
+            rows.append({**dict(zip(groups, key)), **row, "n_runs": n_runs})
     schema = {g: lazy.collect_schema()[g] for g in groups} | {
         "from": pl.Int64, "to": pl.Int64, "critical": pl.Float64, "ci_low": pl.Float64,
         "ci_high": pl.Float64, "n_runs": pl.Int64}
@@ -211,7 +210,7 @@ def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _envelope_points(frame, metric: str, axis: str, n_boot: int, rng) -> tuple[list, list]:
     """(gamma_m, m) where the seed-mean metric drops from m to m-1, and per-bootstrap copies."""
-    (xs, matrix), = seed_curves(frame, metric, axis, []).values()
+    (xs, matrix, _), = seed_curves(frame, metric, axis, []).values()
     log = _use_log(xs)
     xs, matrix, curve = _valid_curve(xs, matrix)
     found = [(p, f) for f, t, p in crossings(xs, curve, log) if t == f - 1 and f > 0]

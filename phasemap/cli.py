@@ -67,13 +67,13 @@ def run(
         sweep = load_spec(spec, set_)
     except SpecError as err:
         _fail(str(err))
-    try:
-        configs = expand(sweep)
-    except SpecError as err:
-        _fail(f"{spec}: {err}")
     out_dir = out or Path("results") / sweep.name
     if dry_run:
         from phasemap import store
+        try:
+            configs = expand(sweep)
+        except SpecError as err:
+            _fail(f"{spec}: {err}")
         done = store.run_ids(out_dir)
         todo = sum(c["run_id"] not in done for c in configs)
         console.print(f"{sweep.name}: {len(configs)} configs, {len(configs) - todo} already in {out_dir}, {todo} to run")
@@ -97,6 +97,8 @@ def run(
         summary = run_sweep(sweep, out_dir, chunk=chunk, address=address, device=device,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                             num_cpus=num_cpus, on_start=on_start, on_runs=on_runs)
+    except SpecError as err:  # a grid point that does not resolve; raised before anything is written
+        _fail(f"{spec}: {err}")
     except StoreError as err:
         _fail(str(err), 1)
     finally:

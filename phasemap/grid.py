@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -228,7 +227,3 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     base, explicit = _base_flat(spec), spec.explicit_keys()
     keys = list(grid)
     return [resolve(base, dict(zip(keys, values)), explicit) for values in itertools.product(*grid.values())]
-
-
-def n_configs(spec: SweepSpec) -> int:
-    return math.prod(len(v) for v in axes(spec).values())

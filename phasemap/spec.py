@@ -13,7 +13,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -26,8 +26,8 @@ from pydantic import (
     ValidationError,
 )
 
-ACTIVATIONS = ("tanh", "relu", "swish", "sin", "quadratic", "linear")
 Activation = Literal["tanh", "relu", "swish", "sin", "quadratic", "linear"]
+ACTIVATIONS = get_args(Activation)
 
 
 class SpecError(ValueError):
@@ -146,8 +146,6 @@ KEY_SECTION: dict[str, str] = {
 }
 UNSWEEPABLE = {"spectrum"}  # a list-valued key: sweep teacher_rank instead
 
-Scalar = Union[StrictBool, StrictInt, float, str]
-
 
 class SweepSpec(BaseModel):
     """A whole sweep file, validated. `grid` maps axis keys to raw axis definitions."""
@@ -255,15 +253,15 @@ def _clean_loc(loc) -> list[str]:
             and str(p) not in ("PowerLawSpectrum",)]
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> SpecError:
+def format_validation_error(err: ValidationError) -> SpecError:
     """Turn pydantic's most specific error into one sentence naming the key."""
     first = max(err.errors(), key=lambda e: len(_clean_loc(e["loc"])))
     loc = _clean_loc(first["loc"])
-    key = ".".join(([prefix] if prefix else []) + [str(p) for p in loc])
+    key = ".".join(loc)
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         cls: Any = SweepSpec
-        for part in ([prefix] if prefix else []) + loc[:-1]:
+        for part in loc[:-1]:
             cls = SECTIONS.get(part, PowerLaw if part == "power_law" else cls)
         msg = f"unknown key{_suggest(loc[-1], list(getattr(cls, 'model_fields', {})))}"
     elif first["type"] == "missing":
