@@ -42,8 +42,8 @@ class _RunsPerSecond(TextColumn):
 
 @app.command()
 def run(
-    spec: Path = typer.Argument(..., help="Sweep file (YAML)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Results folder (default: results/NAME)."),
+    spec: Path = typer.Argument(..., help="Sweep file (YAML), or - to read it from standard input."),
+    out: Optional[str] = typer.Option(None, "--out", help="Results folder or URI, e.g. s3://bucket/NAME (default: results/NAME)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.steps=500 (repeatable)."),
     chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Configs per Ray Tune trial (default: automatic)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join a running Ray cluster instead of starting one."),
@@ -67,14 +67,17 @@ def run(
         sweep = load_spec(spec, set_)
     except SpecError as err:
         _fail(str(err))
-    out_dir = out or Path("results") / sweep.name
+    out_dir = out or str(Path("results") / sweep.name)
     if dry_run:
         from phasemap import store
         try:
             configs = expand(sweep)
         except SpecError as err:
             _fail(f"{spec}: {err}")
-        done = store.run_ids(out_dir)
+        try:
+            done = store.run_ids(out_dir)
+        except store.StoreError as err:
+            _fail(str(err), 1)
         todo = sum(c["run_id"] not in done for c in configs)
         console.print(f"{sweep.name}: {len(configs)} configs, {len(configs) - todo} already in {out_dir}, {todo} to run")
         return
@@ -110,14 +113,17 @@ def run(
     rate = summary.runs / summary.seconds if summary.seconds else 0.0
     console.print(f"{sweep.name}: wrote {summary.runs} rows ({counts}) to {out_dir} in {summary.seconds:.1f} s "
                   f"({rate:.1f} runs/s); {summary.skipped} were already there")
+    if summary.compacted:
+        console.print(f"{summary.compacted} superseded rows (failed before, finished now) removed")
     if summary.failed_trials:
-        _fail(f"{summary.failed_trials} chunk(s) failed after retries; run the same command "
+        reasons = "; ".join(sorted(set(summary.errors)))
+        _fail(f"{summary.failed_trials} chunk(s) failed after retries ({reasons}); run the same command "
               "again to retry the missing configs", 1)
 
 
 @app.command()
 def show(
-    results: Path = typer.Argument(..., help="Results folder, e.g. results/quickstart."),
+    results: str = typer.Argument(..., help="Results folder, e.g. results/quickstart or URI."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Summarize a results folder: runs, status counts, and the axes with their values."""
@@ -151,7 +157,7 @@ def _analysis_call(fn, *args, **kwargs):
 
 @app.command()
 def critical(
-    results: Path = typer.Argument(..., help="Results folder."),
+    results: str = typer.Argument(..., help="Results folder or URI."),
     metric: str = typer.Option(..., "--metric", help="e.g. weight_rank, n_distinct, n_dead."),
     axis: str = typer.Option(..., "--axis", help="e.g. gamma, temperature, sigma."),
     by: Optional[str] = typer.Option(None, "--by", help="Comma-separated group columns (default: the other axes)."),
@@ -177,7 +183,7 @@ def critical(
 
 @app.command()
 def scaling(
-    results: Path = typer.Argument(..., help="Results folder."),
+    results: str = typer.Argument(..., help="Results folder or URI."),
     metric: str = typer.Option("n_distinct", "--metric"),
     axis: str = typer.Option("gamma", "--axis"),
     method: str = typer.Option("transitions", "--method", help="transitions or quantile."),
@@ -203,7 +209,7 @@ def scaling(
 
 @app.command()
 def plot(
-    results: Path = typer.Argument(..., help="Results folder."),
+    results: str = typer.Argument(..., help="Results folder or URI."),
     kind: str = typer.Option("phase", "--kind", help="phase, scaling, width or loss."),
     x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma)."),
     y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), or the series (loss)."),
@@ -293,6 +299,101 @@ def bench(
         console.print(f"baseline (one config per Ray Tune trial, plain autograd): {b['runs']} runs in "
                       f"{b['seconds']:.1f} s = {b['runs_per_s']:.2f} runs/s; engine/baseline = "
                       f"[bold]{result['speedup']:.0f}x[/]")
+
+
+_ADDRESS = typer.Option(None, "--address", help="Jobs API, e.g. http://127.0.0.1:8265 (default: "
+                        "RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265).")
+_TOKEN_FILE = typer.Option(None, "--token-file", help="File holding the cluster's auth token (default: "
+                           "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).")
+
+
+def _cluster(address: Optional[str], token_file: Optional[Path]):
+    from phasemap.jobs import Cluster, ClusterError
+
+    try:
+        return Cluster(address, token_file)
+    except ClusterError as err:
+        _fail(str(err), 1)
+
+
+def _cluster_call(fn, *args, **kwargs):
+    from phasemap.jobs import ClusterError
+
+    try:
+        return fn(*args, **kwargs)
+    except ClusterError as err:
+        _fail(str(err), 1)
+
+
+def _exit_for(state: str) -> None:
+    console.print(f"job status: {state}")
+    if state != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="Sweep file (YAML)."),
+    out: str = typer.Option(..., "--out", help="Where the cluster writes: an absolute path every node mounts, or a URI (s3://...)."),
+    address: Optional[str] = _ADDRESS,
+    set_: list[str] = typer.Option([], "--set", help="Override a key (repeatable)."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job's logs and exit with its status."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", min=1, help="Configs per Ray Tune trial."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (on the cluster's nodes)."),
+    cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.0),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Fractions share a GPU, e.g. 0.125."),
+    job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: phasemap-NAME-TIME-XXXX)."),
+    token_file: Optional[Path] = _TOKEN_FILE,
+) -> None:
+    """Submit a sweep to a Ray cluster as a Ray Job; print the job id (the laptop may disconnect)."""
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device: {device!r} is not one of auto, cpu, cuda")
+    run_args = ["--device", device, "--cpus-per-trial", str(cpus_per_trial), "--gpus-per-trial", str(gpus_per_trial)]
+    if chunk:
+        run_args += ["--chunk", str(chunk)]
+    cluster = _cluster(address, token_file)
+    try:
+        submitted = _cluster_call(cluster.submit, spec, set_, out, run_args=run_args, submission_id=job_id)
+    except SpecError as err:
+        _fail(str(err))
+    sys.stdout.write(submitted + "\n")
+    sys.stdout.flush()
+    if wait:
+        _exit_for(_cluster_call(cluster.follow, submitted, lambda text: err_console.out(text, end="", highlight=False)))
+
+
+@app.command()
+def status(job: str = typer.Argument(..., help="Job id printed by submit."),
+           address: Optional[str] = _ADDRESS, token_file: Optional[Path] = _TOKEN_FILE) -> None:
+    """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and where it writes."""
+    cluster = _cluster(address, token_file)
+    info = _cluster_call(cluster.info, job)
+    meta = info.metadata or {}
+    console.print(f"{job}: {info.status.value}" + (f"  sweep {meta['phasemap_sweep']}" if "phasemap_sweep" in meta else "")
+                  + (f"  out {meta['phasemap_out']}" if "phasemap_out" in meta else ""), highlight=False)
+    if info.message and info.status.value in ("FAILED", "STOPPED"):
+        console.print(escape(info.message), highlight=False)
+
+
+@app.command()
+def logs(job: str = typer.Argument(..., help="Job id printed by submit."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends."),
+         address: Optional[str] = _ADDRESS, token_file: Optional[Path] = _TOKEN_FILE) -> None:
+    """Print a job's driver logs."""
+    cluster = _cluster(address, token_file)
+    if follow:
+        _exit_for(_cluster_call(cluster.follow, job, lambda text: sys.stdout.write(text)))
+        return
+    sys.stdout.write(_cluster_call(cluster.logs, job))
+
+
+@app.command()
+def stop(job: str = typer.Argument(..., help="Job id printed by submit."),
+         address: Optional[str] = _ADDRESS, token_file: Optional[Path] = _TOKEN_FILE) -> None:
+    """Stop a running job. Rows already written stay; submitting again runs only what is missing."""
+    cluster = _cluster(address, token_file)
+    stopped = _cluster_call(cluster.stop, job)
+    console.print(f"{job}: " + ("stop requested" if stopped else "had already ended"))
 
 
 def main() -> None:

@@ -42,6 +42,8 @@ class Summary:
     skipped: int
     written: dict[str, int] = field(default_factory=dict)
     failed_trials: int = 0
+    errors: list[str] = field(default_factory=list)   # why trials failed after their retries
+    compacted: int = 0                                # duplicate rows removed (retried failures)
     chunks: int = 0
     seconds: float = 0.0
     out_dir: str = ""
@@ -70,7 +72,7 @@ def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, dev
     rows = run_chunk(chunks[config["chunk"]], device)
     for row in rows:
         row["sweep"] = sweep
-    store.write_rows(rows, out_dir)
+    store.write_rows(rows, out_dir)   # a StoreError fails the trial; Tune retries it
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -85,7 +87,9 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1", **common)
+        # "local": always a new embedded instance, even where another Ray left its address behind.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                 **common)
     return True
 
 
@@ -118,12 +122,14 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
     """
     started = time.perf_counter()
     configs = expand(spec)
+    out_dir = store.normalize(out_dir)
     done = store.run_ids(out_dir)
     todo = [c for c in configs if c["run_id"] not in done]
-    summary = Summary(total=len(configs), skipped=len(configs) - len(todo), out_dir=str(out_dir))
+    summary = Summary(total=len(configs), skipped=len(configs) - len(todo), out_dir=out_dir)
     if not todo:
+        summary.compacted = store.compact(out_dir)
         return summary
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    store.check_writable(out_dir)     # before Ray starts: a clear error and nothing trained
     own_ray = _init_ray(address, num_cpus)
     tmp = tempfile.mkdtemp(prefix="phasemap-tune-")
     try:
@@ -133,7 +139,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
         if on_start:
             on_start(len(todo), summary.skipped)
         trainable = tune.with_parameters(
-            _trial, chunks=chunks, out_dir=str(Path(out_dir).resolve()), sweep=spec.name,
+            _trial, chunks=chunks, out_dir=out_dir, sweep=spec.name,
             device=device, threads=max(1, int(cpus_per_trial)))
         resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
         tuner = tune.Tuner(
@@ -149,6 +155,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
         for result in grid:
             if result.error is not None:   # still failing after max_failures retries
                 summary.failed_trials += 1
+                summary.errors.append(_first_line(result.error))
                 continue
             for key, value in result.metrics.items():
                 if key.startswith("rows_") and isinstance(value, int):
@@ -158,5 +165,18 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         if own_ray:
             ray.shutdown()
+    summary.compacted = store.compact(out_dir)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _first_line(error: BaseException) -> str:
+    """The root cause of a trial's error, one line (Ray wraps it in its own exceptions)."""
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    text = str(cause).strip().splitlines()
+    for line in reversed(text):        # Ray's messages end with the original exception
+        if line.strip():
+            return line.strip()
+    return type(cause).__name__

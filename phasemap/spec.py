@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -298,11 +299,15 @@ def _with_source(err: SpecError, source: str) -> SpecError:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read, override and validate a sweep file; raise SpecError on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such sweep file")
-    raw = _parse_yaml(path.read_text(), str(path))
+    """Read, override and validate a sweep file ("-": standard input); raise SpecError on any problem."""
+    if str(path) == "-":
+        path, text = Path("<stdin>"), sys.stdin.read()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"{path}: no such sweep file")
+        text = path.read_text()
+    raw = _parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep file must be a YAML mapping with a `name` key")
     for assignment in overrides or []:

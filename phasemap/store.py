@@ -1,8 +1,11 @@
 """Parquet results: one dataset folder per sweep, one file per finished chunk, written atomically.
 
+The location is a local or shared-filesystem path, or a URI that pyarrow's filesystems open
+(s3://bucket/prefix, gs://..., file:///...), so every node of a cluster can write to it.
+
 Every file has the same explicit Arrow schema, so polars, pandas, duckdb and pyarrow read the
 folder as one table (`polars.read_parquet("results/NAME/**/*.parquet")`). A file is written to a
-hidden temporary name in the same folder and renamed into place, so a crash never leaves a
+hidden temporary name in the same folder and moved into place, so a crash never leaves a
 partial `.parquet` file that a reader would pick up, and a retried chunk replaces its own file.
 
     path = write_rows(rows, "results/quickstart")
@@ -16,8 +19,10 @@ import os
 import uuid
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from phasemap.spec import SECTIONS
@@ -83,41 +88,125 @@ def chunk_name(run_ids: list[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def write_rows(rows: list[dict], out_dir: str | Path) -> Path:
+def location(out: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a results location: a local path or a URI (s3://, gs://, file://...)."""
+    out = str(out)
+    if "://" in out:
+        try:
+            return pafs.FileSystem.from_uri(out)
+        except (pa.ArrowException, ValueError, OSError) as err:
+            raise StoreError(f"cannot open results location {out}: {err}") from err
+    return pafs.LocalFileSystem(), os.path.abspath(out)
+
+
+def normalize(out: str | Path) -> str:
+    """A location every process can use: an absolute path, or the URI unchanged."""
+    out = str(out)
+    return out if "://" in out else os.path.abspath(out)
+
+
+def _reason(err: Exception) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
+def write_rows(rows: list[dict], out: str | Path) -> str:
     """Write one chunk's rows as one Parquet file, atomically; return its path."""
-    out_dir = Path(out_dir)
-    path = out_dir / chunk_name([r["run_id"] for r in rows])
-    tmp = out_dir / f".tmp-{uuid.uuid4().hex}"
+    fs, folder = location(out)
+    path = f"{folder}/{chunk_name([r['run_id'] for r in rows])}"
+    tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
     table = to_table(rows)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except OSError as err:
+        fs.create_dir(folder, recursive=True)
+        pq.write_table(table, tmp, filesystem=fs, compression="zstd")
+        fs.move(tmp, path)          # a rename on local and POSIX shared filesystems
+    except (OSError, pa.ArrowException) as err:
         try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the folder itself is unusable; nothing was created there
-        raise StoreError(f"cannot write results to {out_dir}: {err.strerror or err}") from err
+            fs.delete_file(tmp)
+        except (OSError, pa.ArrowException):
+            pass  # never created, or the folder itself is unusable
+        raise StoreError(f"cannot write results to {out}: {_reason(err)}") from err
     return path
 
 
-def _dataset(out_dir: str | Path) -> ds.Dataset | None:
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir() or not any(out_dir.rglob("*.parquet")):
+def check_writable(out: str | Path) -> None:
+    """Create the results location and write and delete a probe file there, or raise StoreError."""
+    fs, folder = location(out)
+    probe = f"{folder}/.probe-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(probe) as stream:
+            stream.write(b"phasemap")
+        fs.delete_file(probe)
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"cannot write results to {out}: {_reason(err)}") from err
+
+
+def files(out: str | Path) -> list[str]:
+    """The Parquet files of a results location (temporaries excluded), sorted."""
+    fs, folder = location(out)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowException) as err:
+        raise StoreError(f"cannot read results at {out}: {_reason(err)}") from err
+    return sorted(i.path for i in infos
+                  if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                  and not i.base_name.startswith((".", "_")))
+
+
+def _index(out: str | Path) -> pa.Table | None:
+    """run_id and status of every row, with the file each row is in."""
+    paths = files(out)
+    if not paths:
         return None
-    # Hidden and underscore files (temporaries) are ignored by pyarrow's discovery.
-    return ds.dataset(str(out_dir), format="parquet")
+    fs, _ = location(out)
+    parts = []
+    for path in paths:
+        table = pq.read_table(path, columns=["run_id", "status"], filesystem=fs)
+        parts.append(table.append_column("file", pa.array([path] * table.num_rows, pa.string())))
+    return pa.concat_tables(parts)
 
 
-def run_ids(out_dir: str | Path) -> set[str]:
-    """The run_ids already written in a results folder (empty if it does not exist)."""
-    data = _dataset(out_dir)
-    if data is None:
+def run_ids(out: str | Path) -> set[str]:
+    """The run_ids already finished in a results location: ok or diverged (failed ones are retried)."""
+    index = _index(out)
+    if index is None:
         return set()
-    return set(data.to_table(columns=["run_id"]).column("run_id").to_pylist())
+    finished = index.filter(pc.not_equal(index["status"], "failed"))
+    return set(finished["run_id"].to_pylist())
 
 
-def files(out_dir: str | Path) -> list[Path]:
-    """The Parquet files of a results folder, sorted."""
-    return sorted(Path(out_dir).rglob("*.parquet"))
+def compact(out: str | Path) -> int:
+    """Keep one row per run_id: a finished row over a failed one, else the first file's.
+
+    Rows are duplicated when a failed config is retried by a rerun (the new file holds its
+    finished row), or when a killed driver's last trial finished writing after the rerun had
+    planned the same configs. Files losing rows are rewritten atomically; emptied files are
+    deleted. Returns the number of rows dropped.
+    """
+    index = _index(out)
+    if index is None:
+        return 0
+    rows = index.append_column("row", pa.array(range(index.num_rows), pa.int64()))
+    frame = pl.from_arrow(rows).with_columns(
+        (pl.col("status") == "failed").alias("is_failed"))
+    keep = frame.sort(["is_failed", "row"]).unique("run_id", keep="first", maintain_order=False)
+    dropped = frame.join(keep.select("row"), on="row", how="anti")
+    if dropped.is_empty():
+        return 0
+    fs, _ = location(out)
+    for path, group in dropped.group_by("file"):
+        table = pq.read_table(path[0], filesystem=fs)
+        gone = set(group["row"].to_list())
+        first = frame.filter(pl.col("file") == path[0])["row"].min()
+        mask = pa.array([first + i not in gone for i in range(table.num_rows)])
+        remaining = table.filter(mask)
+        try:
+            if remaining.num_rows == 0:
+                fs.delete_file(path[0])
+                continue
+            tmp = f"{path[0].rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}"
+            pq.write_table(remaining, tmp, filesystem=fs, compression="zstd")
+            fs.move(tmp, path[0])
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"cannot rewrite {path[0]}: {_reason(err)}") from err
+    return dropped.height

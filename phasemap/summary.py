@@ -21,11 +21,14 @@ class ResultsError(ValueError):
 
 
 def scan(results: str | Path) -> pl.LazyFrame:
-    """A lazy polars frame over every Parquet file of a results folder."""
-    results = Path(results)
-    if not store.files(results):
+    """A lazy polars frame over every Parquet file of a results folder or URI (s3://, gs://, ...)."""
+    try:
+        found = store.files(results)
+    except store.StoreError as err:
+        raise ResultsError(str(err)) from err
+    if not found:
         raise ResultsError(f"{results}: no phasemap results here (no .parquet files)")
-    return pl.scan_parquet(str(results / "**" / "*.parquet"))
+    return pl.scan_parquet(f"{str(results).rstrip('/')}/**/*.parquet")
 
 
 def varying_axes(frame: pl.LazyFrame) -> list[str]:

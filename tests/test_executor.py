@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -28,7 +28,7 @@ def invoke(*args):
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in store.files(folder)}
+    return {p: Path(p).read_bytes() for p in store.files(folder)}
 
 
 def test_quickstart_runs_through_ray_tune_and_resumes(tmp_path):
@@ -82,3 +82,30 @@ def test_growing_the_grid_runs_only_the_new_points(tmp_path):
 def test_show_refuses_a_folder_without_results(tmp_path):
     result = invoke("show", tmp_path)
     assert result.exit_code == 2 and "no phasemap results" in result.output
+
+
+def test_an_unwritable_output_is_a_clear_error_before_anything_runs(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke("run", ROOT / "sweeps" / "quickstart.yaml", "--out", blocker / "out", "--set", "train.steps=10")
+    assert result.exit_code == 1
+    assert "cannot write results to" in result.output and "Traceback" not in result.output
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_rerun_retries_failed_configs_and_keeps_one_row_each(tmp_path):
+    from phasemap.grid import expand
+    from phasemap.runner import failed_rows
+    from phasemap.spec import load_spec
+
+    spec = tmp_path / "retry.yaml"
+    spec.write_text("name: retry\ntask: {teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}\n"
+                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    out = tmp_path / "out"
+    configs = expand(load_spec(spec))
+    store.write_rows([{**r, "sweep": "retry"} for r in failed_rows(configs[:3], "RuntimeError: boom")], out)
+    result = invoke("run", spec, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 rows" in result.output and "3 superseded rows" in result.output
+    frame = pl.read_parquet(store.files(out))
+    assert frame.height == 4 and frame["run_id"].n_unique() == 4 and set(frame["status"]) == {"ok"}

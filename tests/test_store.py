@@ -1,5 +1,9 @@
 """Parquet results: a fixed schema, readable by polars/pandas/pyarrow, written atomically."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import polars as pl
 import pyarrow.parquet as pq
@@ -16,14 +20,21 @@ REQUIRED = ["run_id", "sweep", "status", "gamma", "temperature", "lr", "batch_si
             "layer_n_distinct", "layer_symmetry_class", "layer_groups", "deltas", "train_seconds"]
 
 
-@pytest.fixture(scope="module")
-def rows():
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_rows() -> list[dict]:
     raw = {"name": "st", "task": {"teacher_rank": 2, "input_dim": 3, "n_train": 16, "n_test": 8},
            "model": {"width": 4}, "train": {"steps": 10}, "grid": {"gamma": [0.0, 0.1], "seed": {"range": 2}}}
     out = run_chunk(expand(parse_spec(raw)), "cpu")
     for row in out:
         row["sweep"] = "st"
     return out
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return make_rows()
 
 
 def test_rows_round_trip_with_every_required_column(tmp_path, rows):
@@ -57,7 +68,7 @@ def test_failed_rows_share_the_schema_of_ok_rows(tmp_path, rows):
 
 
 def test_a_crash_mid_write_leaves_no_partial_file(tmp_path, rows, monkeypatch):
-    first = store.write_rows(rows[:2], tmp_path)
+    first = Path(store.write_rows(rows[:2], tmp_path))
     before = first.read_bytes()
 
     def crash(table, where, **kwargs):
@@ -68,7 +79,7 @@ def test_a_crash_mid_write_leaves_no_partial_file(tmp_path, rows, monkeypatch):
     monkeypatch.setattr(store.pq, "write_table", crash)
     with pytest.raises(store.StoreError, match="No space left"):
         store.write_rows(rows[2:], tmp_path)
-    assert store.files(tmp_path) == [first]
+    assert store.files(tmp_path) == [str(first)]
     assert first.read_bytes() == before
     assert list(tmp_path.iterdir()) == [first]          # the temporary is gone too
     assert pl.read_parquet(str(tmp_path / "*.parquet")).height == 2
@@ -86,3 +97,66 @@ def test_unwritable_location_is_a_clear_error(tmp_path, rows):
     blocker.write_text("not a folder")
     with pytest.raises(store.StoreError, match="cannot write results"):
         store.write_rows(rows, blocker / "out")
+
+
+def test_failed_configs_are_retried_and_the_retry_supersedes_them(tmp_path, rows):
+    config = {k: v for k, v in rows[2].items() if k not in store.RESULT_TYPES or k == "run_id"}
+    store.write_rows(rows[:2] + failed_rows([config], "RuntimeError: boom"), tmp_path)
+    assert store.run_ids(tmp_path) == {r["run_id"] for r in rows[:2]}    # the failed one is to run again
+    store.write_rows([rows[2]], tmp_path)                                # the rerun's row
+    assert store.compact(tmp_path) == 1
+    frame = pl.read_parquet(str(tmp_path / "*.parquet"))
+    assert frame.height == 3 and frame["run_id"].n_unique() == 3
+    assert set(frame["status"]) == {"ok"}
+    assert store.compact(tmp_path) == 0                                  # nothing left to do
+
+
+def test_compact_keeps_one_row_when_two_files_hold_the_same_run(tmp_path, rows):
+    store.write_rows(rows[:2], tmp_path)
+    store.write_rows(rows[1:], tmp_path)       # a stale trial of a killed driver wrote an overlapping chunk
+    assert pl.read_parquet(str(tmp_path / "*.parquet")).height == len(rows) + 1
+    assert store.compact(tmp_path) == 1
+    frame = pl.read_parquet(str(tmp_path / "*.parquet"))
+    assert sorted(frame["run_id"]) == sorted(r["run_id"] for r in rows)
+
+
+def test_a_uri_location_round_trips(tmp_path, rows):
+    uri = f"file://{tmp_path}/by-uri"
+    path = store.write_rows(rows, uri)
+    assert path.endswith(".parquet") and Path(path).is_file()
+    assert store.run_ids(uri) == {r["run_id"] for r in rows}
+    assert store.files(uri) == [path]
+
+
+def test_check_writable_names_the_location_and_the_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(store.StoreError, match=r"cannot write results to .*file/out"):
+        store.check_writable(blocker / "out")
+    store.check_writable(tmp_path / "fine")
+    assert list((tmp_path / "fine").iterdir()) == []          # the probe is removed
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from phasemap import store
+from tests.test_store import make_rows
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+rows = make_rows()
+store.write_rows(rows[:1], sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))   # every later write past 64 bytes fails (EFBIG)
+try:
+    store.write_rows(rows[1:], sys.argv[1])
+except store.StoreError as err:
+    print(err)
+"""
+
+
+def test_a_full_output_location_is_a_clear_error_and_keeps_earlier_files(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cannot write results to" in done.stdout and "too large" in done.stdout.lower()
+    assert len(store.files(out)) == 1 and [p.name for p in out.iterdir()] == [Path(store.files(out)[0]).name]
+    assert pl.read_parquet(store.files(out)[0]).height == 1
