@@ -81,7 +81,7 @@ def run(
         todo = sum(c["run_id"] not in done for c in configs)
         console.print(f"{sweep.name}: {len(configs)} configs, {len(configs) - todo} already in {out_dir}, {todo} to run")
         return
-    from phasemap.executor import run_sweep
+    from phasemap.executor import ClusterConnectError, run_sweep
     from phasemap.store import StoreError
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -102,7 +102,7 @@ def run(
                             num_cpus=num_cpus, on_start=on_start, on_runs=on_runs)
     except SpecError as err:  # a grid point that does not resolve; raised before anything is written
         _fail(f"{spec}: {err}")
-    except StoreError as err:
+    except (StoreError, ClusterConnectError) as err:
         _fail(str(err), 1)
     finally:
         progress.stop()

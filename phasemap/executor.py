@@ -22,6 +22,10 @@ from typing import Callable
 # Per-trial CSV/JSON/TensorBoard loggers would write files per trial for nothing.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# A token given through RAY_AUTH_TOKEN(_PATH) means the cluster to join uses token
+# authentication; Ray reads the mode once, when it is imported.
+if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import ray  # noqa: E402 (after the environment it reads)
 from ray import tune  # noqa: E402
@@ -32,6 +36,10 @@ from phasemap.spec import SweepSpec  # noqa: E402
 
 TRIALS_PER_SLOT = 4      # enough trials to balance load and show progress, few enough to stay cheap
 MAX_CHUNK = 1024
+
+
+class ClusterConnectError(RuntimeError):
+    """`address` names no reachable Ray cluster (or one that refused us)."""
 
 
 @dataclass
@@ -85,7 +93,13 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
     if address:
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as err:
+            raise ClusterConnectError(
+                f"cannot connect to the Ray cluster at {address}: is it running, and is this machine "
+                "allowed to reach it? A cluster with token authentication (RAY_AUTH_MODE=token) also needs "
+                "its token here: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from err
     else:
         # "local": always a new embedded instance, even where another Ray left its address behind.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",

@@ -96,7 +96,7 @@ def cluster(tmp_path_factory):
     try:
         started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=300)
         assert started.returncode == 0, started.stdout + started.stderr
-        yield {"address": f"http://127.0.0.1:{dashboard}", "token_file": state / "auth_token", "state": state,
+        yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{gcs}", "token_file": state / "auth_token", "state": state,
                "env": env}
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
@@ -214,3 +214,44 @@ def test_stop_ends_a_running_job(cluster, tmp_path):
     assert jobs.wait(job, timeout=60) == "STOPPED"
     unknown = invoke("status", "no-such-job", "--address", cluster["address"], "--token-file", cluster["token_file"])
     assert unknown.exit_code == 1 and "no such job" in unknown.output
+
+
+def test_run_joins_the_cluster_with_its_token_and_is_refused_without(cluster, tmp_path):
+    spec = write_sweep(tmp_path, "join", 100)
+    env = {k: v for k, v in cluster["env"].items() if not k.startswith("PHASEMAP_")}
+    command = [sys.executable, "-m", "phasemap.cli", "run", str(spec), "--address", cluster["gcs"]]
+    refused = subprocess.run(command + ["--out", str(tmp_path / "refused")], env=env, capture_output=True,
+                             text=True, timeout=180)
+    assert refused.returncode == 1
+    assert "cannot connect to the Ray cluster" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    joined = subprocess.run(command + ["--out", str(tmp_path / "joined")], capture_output=True, text=True,
+                            env={**env, "RAY_AUTH_TOKEN_PATH": str(cluster["token_file"])}, timeout=180)
+    assert joined.returncode == 0, joined.stderr
+    assert cluster["token_file"].read_text().strip() not in joined.stdout + joined.stderr
+    assert_complete(tmp_path / "joined")
+
+
+def test_the_shipped_cluster_configs_turn_on_token_auth_and_keep_the_dashboard_private():
+    import yaml
+
+    launcher = yaml.safe_load((ROOT / "cluster" / "ray-up-gpu.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(launcher[key])
+        assert "RAY_AUTH_MODE=token" in start and "RAY_AUTH_TOKEN_PATH" in start
+    assert "--dashboard-host=127.0.0.1" in " ".join(launcher["head_start_ray_commands"])
+
+    job = yaml.safe_load((ROOT / "cluster" / "kuberay-rayjob.yaml").read_text())["spec"]
+    ray_spec = job["rayClusterSpec"]
+    assert ray_spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    pods = [ray_spec["headGroupSpec"]["template"]] + [g["template"] for g in ray_spec["workerGroupSpecs"]]
+    pods.append(job["submitterPodTemplate"])
+    for pod in pods:
+        for container in pod["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]   # never a literal token
+
+    local = (ROOT / "cluster" / "local.sh").read_text()
+    assert "RAY_AUTH_MODE=token" in local and "--dashboard-host 127.0.0.1" in local
