@@ -121,6 +121,10 @@ def test_trained_linear_students_put_rank_transitions_at_the_spectrum(linear_res
     assert np.allclose([r["critical"] for r in found], sorted(SPECTRUM), rtol=0.05)
     table = CliRunner().invoke(app, ["critical", str(linear_results), "--metric", "weight_rank", "--axis", "gamma"])
     assert table.exit_code == 0 and "critical" in table.output
+    by_uri = CliRunner().invoke(app, ["critical", f"file://{linear_results}", "--metric", "weight_rank",
+                                      "--axis", "gamma", "--json"])
+    assert by_uri.exit_code == 0, by_uri.output
+    assert json.loads(by_uri.output) == found           # a URI reads the same results as the path
 
 
 def test_scaling_command_prints_one_json_object(linear_results):
