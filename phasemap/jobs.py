@@ -2,14 +2,16 @@
 
 The sweep file travels with the job (as an environment variable of its runtime_env); the
 driver runs `phasemap run - --address auto --out OUT` on the cluster with the file on stdin,
-so the laptop can disconnect, and a resubmission of the same sweep to the same OUT runs only what is missing.
+so the laptop can disconnect; resubmitting the same sweep to the same OUT runs only what is
+missing.
 
 Clusters started with RAY_AUTH_MODE=token want a bearer token on every request. The token is
 read from --token-file, else RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names, else
 ~/.ray/auth_token; it is sent as a header and never printed, logged or put in the job.
 
-    job_id = submit("sweeps/quickstart.yaml", [], "http://127.0.0.1:8265", "/shared/results/qs")
-    status(job_id, "http://127.0.0.1:8265")   # "RUNNING", "SUCCEEDED", ...
+    cluster = Cluster("http://127.0.0.1:8265")
+    job_id = cluster.submit("sweeps/quickstart.yaml", [], "/shared/results/qs")
+    cluster.status(job_id)                    # "RUNNING", "SUCCEEDED", ...
 """
 
 from __future__ import annotations
@@ -46,19 +48,16 @@ def default_address() -> str:
 
 def read_token(token_file: str | Path | None = None) -> str | None:
     """The cluster's auth token, or None when none is configured anywhere."""
-    candidates: list[tuple[str, Path]] = []
     if token_file:
-        candidates.append(("--token-file", Path(token_file)))
+        source, path = "--token-file", Path(token_file)
     elif os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return os.environ["RAY_AUTH_TOKEN"].strip()
     elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        candidates.append(("RAY_AUTH_TOKEN_PATH", Path(os.environ["RAY_AUTH_TOKEN_PATH"])))
+        source, path = "RAY_AUTH_TOKEN_PATH", Path(os.environ["RAY_AUTH_TOKEN_PATH"])
     else:
-        default = Path.home() / ".ray" / "auth_token"
-        if not default.exists():
+        source, path = "the default token file", Path.home() / ".ray" / "auth_token"
+        if not path.exists():
             return None
-        candidates.append(("the default token file", default))
-    source, path = candidates[0]
     try:
         token = path.expanduser().read_text().strip()
     except OSError as err:

@@ -109,21 +109,29 @@ def _reason(err: Exception) -> str:
     return getattr(err, "strerror", None) or str(err)
 
 
-def write_rows(rows: list[dict], out: str | Path) -> str:
-    """Write one chunk's rows as one Parquet file, atomically; return its path."""
-    fs, folder = location(out)
-    path = f"{folder}/{chunk_name([r['run_id'] for r in rows])}"
+def _write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
+    """Write a Parquet file to a hidden temporary beside `path`, then move it into place."""
+    folder = path.rsplit("/", 1)[0]
     tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
-    table = to_table(rows)
     try:
         fs.create_dir(folder, recursive=True)
         pq.write_table(table, tmp, filesystem=fs, compression="zstd")
         fs.move(tmp, path)          # a rename on local and POSIX shared filesystems
-    except (OSError, pa.ArrowException) as err:
+    except (OSError, pa.ArrowException):
         try:
             fs.delete_file(tmp)
         except (OSError, pa.ArrowException):
             pass  # never created, or the folder itself is unusable
+        raise
+
+
+def write_rows(rows: list[dict], out: str | Path) -> str:
+    """Write one chunk's rows as one Parquet file, atomically; return its path."""
+    fs, folder = location(out)
+    path = f"{folder}/{chunk_name([r['run_id'] for r in rows])}"
+    try:
+        _write_atomic(fs, to_table(rows), path)
+    except (OSError, pa.ArrowException) as err:
         raise StoreError(f"cannot write results to {out}: {_reason(err)}") from err
     return path
 
@@ -186,27 +194,20 @@ def compact(out: str | Path) -> int:
     index = _index(out)
     if index is None:
         return 0
-    rows = index.append_column("row", pa.array(range(index.num_rows), pa.int64()))
-    frame = pl.from_arrow(rows).with_columns(
+    frame = pl.from_arrow(index).with_row_index("row").with_columns(
         (pl.col("status") == "failed").alias("is_failed"))
-    keep = frame.sort(["is_failed", "row"]).unique("run_id", keep="first", maintain_order=False)
+    keep = frame.sort(["is_failed", "row"]).unique("run_id", keep="first")
     dropped = frame.join(keep.select("row"), on="row", how="anti")
-    if dropped.is_empty():
-        return 0
     fs, _ = location(out)
-    for path, group in dropped.group_by("file"):
-        table = pq.read_table(path[0], filesystem=fs)
-        gone = set(group["row"].to_list())
-        first = frame.filter(pl.col("file") == path[0])["row"].min()
-        mask = pa.array([first + i not in gone for i in range(table.num_rows)])
-        remaining = table.filter(mask)
+    for (path,), group in dropped.group_by("file"):
+        table = pq.read_table(path, filesystem=fs)
+        # A file never holds a run_id twice, so its dropped rows are named by run_id.
+        remaining = table.filter(pc.invert(pc.is_in(table["run_id"], group["run_id"].to_arrow())))
         try:
-            if remaining.num_rows == 0:
-                fs.delete_file(path[0])
-                continue
-            tmp = f"{path[0].rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}"
-            pq.write_table(remaining, tmp, filesystem=fs, compression="zstd")
-            fs.move(tmp, path[0])
+            if remaining.num_rows:
+                _write_atomic(fs, remaining, path)
+            else:
+                fs.delete_file(path)
         except (OSError, pa.ArrowException) as err:
-            raise StoreError(f"cannot rewrite {path[0]}: {_reason(err)}") from err
+            raise StoreError(f"cannot rewrite {path}: {_reason(err)}") from err
     return dropped.height
