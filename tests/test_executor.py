@@ -109,3 +109,24 @@ def test_a_rerun_retries_failed_configs_and_keeps_one_row_each(tmp_path):
     assert "wrote 4 rows" in result.output and "3 superseded rows" in result.output
     frame = pl.read_parquet(store.files(out))
     assert frame.height == 4 and frame["run_id"].n_unique() == 4 and set(frame["status"]) == {"ok"}
+
+
+def test_a_chunk_that_cannot_be_written_fails_after_retries_with_its_reason(tmp_path):
+    from phasemap.grid import expand
+    from phasemap.spec import load_spec
+
+    spec = tmp_path / "blocked.yaml"
+    spec.write_text("name: blocked\ntask: {teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}\n"
+                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    out = tmp_path / "out"
+    configs = expand(load_spec(spec))
+    earlier = Path(store.write_rows([{**c, "sweep": "x", "status": "ok"} for c in configs[:1]], out))
+    before = earlier.read_bytes()
+    # The one chunk of the other three configs must land where a folder stands: every write fails.
+    (out / store.chunk_name([c["run_id"] for c in configs[1:]])).mkdir()
+    result = invoke("run", spec, "--out", out, "--chunk", 3)
+    assert result.exit_code == 1
+    assert "1 chunk(s) failed after retries" in result.output
+    assert "cannot write results to" in result.output and "Is a directory" in result.output
+    assert earlier.read_bytes() == before
+    assert store.files(out) == [str(earlier)]
