@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from phasemap import store
 from phasemap.cli import app
+from phasemap.grid import expand
+from phasemap.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +27,14 @@ def invoke(*args):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result
+
+
+def tiny_sweep(folder: Path, name: str) -> tuple[Path, list[dict]]:
+    """A four-config sweep file that trains in well under a second, and its resolved configs."""
+    spec = folder / f"{name}.yaml"
+    spec.write_text(f"name: {name}\ntask: {{teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}}\n"
+                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    return spec, expand(load_spec(spec))
 
 
 def snapshot(folder: Path) -> dict:
@@ -55,9 +65,7 @@ def test_quickstart_runs_through_ray_tune_and_resumes(tmp_path):
 
 
 def test_growing_the_grid_runs_only_the_new_points(tmp_path):
-    spec = tmp_path / "grow.yaml"
-    spec.write_text("name: grow\ntask: {teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}\n"
-                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    spec, _ = tiny_sweep(tmp_path, "grow")
     out = tmp_path / "grow"
     assert invoke("run", spec, "--out", out).exit_code == 0
     before = snapshot(out)
@@ -94,15 +102,10 @@ def test_an_unwritable_output_is_a_clear_error_before_anything_runs(tmp_path):
 
 
 def test_a_rerun_retries_failed_configs_and_keeps_one_row_each(tmp_path):
-    from phasemap.grid import expand
     from phasemap.runner import failed_rows
-    from phasemap.spec import load_spec
 
-    spec = tmp_path / "retry.yaml"
-    spec.write_text("name: retry\ntask: {teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}\n"
-                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    spec, configs = tiny_sweep(tmp_path, "retry")
     out = tmp_path / "out"
-    configs = expand(load_spec(spec))
     store.write_rows([{**r, "sweep": "retry"} for r in failed_rows(configs[:3], "RuntimeError: boom")], out)
     result = invoke("run", spec, "--out", out)
     assert result.exit_code == 0, result.output
@@ -112,14 +115,8 @@ def test_a_rerun_retries_failed_configs_and_keeps_one_row_each(tmp_path):
 
 
 def test_a_chunk_that_cannot_be_written_fails_after_retries_with_its_reason(tmp_path):
-    from phasemap.grid import expand
-    from phasemap.spec import load_spec
-
-    spec = tmp_path / "blocked.yaml"
-    spec.write_text("name: blocked\ntask: {teacher_rank: 2, input_dim: 3, n_train: 16, n_test: 8}\n"
-                    "model: {width: 4}\ntrain: {steps: 20}\ngrid: {gamma: [0.0, 0.1], seed: {range: 2}}\n")
+    spec, configs = tiny_sweep(tmp_path, "blocked")
     out = tmp_path / "out"
-    configs = expand(load_spec(spec))
     earlier = Path(store.write_rows([{**c, "sweep": "x", "status": "ok"} for c in configs[:1]], out))
     before = earlier.read_bytes()
     # The one chunk of the other three configs must land where a folder stands: every write fails.
