@@ -50,16 +50,17 @@ def _worker(configs: list[dict], device: str, warmup: bool) -> dict:
     from phasemap.runner import DEFAULT_MAX_MODELS, run_chunk
 
     started = time.perf_counter()
-    if warmup and configs:  # compile the step for a block's shape, outside the timed part
+    backend = None
+    if warmup and configs:  # build or compile the step for a block's shape, outside the timed part
         batch = engine.build_batch(configs[:DEFAULT_MAX_MODELS[device]], device)
-        compile = engine.should_compile(batch)
+        backend = engine.pick_backend(batch)
         batch.steps = 1
-        engine.fit(batch, compile=compile)
+        engine.fit(batch, backend)
     ready = time.perf_counter()
     rows = run_chunk(configs, device)
     done = time.perf_counter()
     return {"runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
-            "warmup_s": ready - started, "seconds": done - ready}
+            "warmup_s": ready - started, "seconds": done - ready, "backend": backend}
 
 
 def batched_matmul_peak(device: str, threads: int) -> float:
@@ -95,7 +96,7 @@ def engine_bench(configs: list[dict], device: str = "cpu", workers: int | None =
     runs = sum(p["runs"] for p in parts)
     flops = sum(matmul_flops(c) * c["steps"] for c in configs)
     peak = batched_matmul_peak(device, workers if device == "cpu" else 1)
-    return {"device": device, "workers": workers, "runs": runs, "ok": sum(p["ok"] for p in parts),
+    return {"device": device, "backend": parts[0]["backend"], "workers": workers, "runs": runs, "ok": sum(p["ok"] for p in parts),
             "seconds": train, "warmup_seconds": max(p["warmup_s"] for p in parts), "wall_seconds": wall,
             "runs_per_s": runs / train, "gflops": flops / train / 1e9, "peak_gflops": peak,
             "peak_fraction": flops / train / 1e9 / peak}

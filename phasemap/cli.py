@@ -290,7 +290,7 @@ def bench(
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     e = result["engine"]
-    console.print(f"engine ({e['device']}, {e['workers']} worker(s)): {e['runs']} runs in {e['seconds']:.1f} s "
+    console.print(f"engine ({e['device']}, {e['backend']} step, {e['workers']} worker(s)): {e['runs']} runs in {e['seconds']:.1f} s "
                   f"= [bold]{e['runs_per_s']:.1f} runs/s[/], {e['gflops']:.1f} GFLOP/s = "
                   f"{100 * e['peak_fraction']:.0f}% of the {e['peak_gflops']:.0f} GFLOP/s batched-matmul peak "
                   f"(warm-up {e['warmup_seconds']:.1f} s)")

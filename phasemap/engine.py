@@ -13,7 +13,8 @@ theta <- theta (1 - lr gamma) each step, as torch.optim.AdamW(weight_decay=gamma
     batch = build_batch(configs)          # configs of one shape_key
     result = fit(batch)                   # result.weights[l]: (M, fan_in, fan_out)
 
-The step math lives in phasemap.kernels; this module owns batches, minibatches and the loop.
+The step math lives in phasemap.kernels (torch, eager or compiled) and phasemap.fused (C++, for
+two-layer SGD on the CPU); this module owns batches, minibatches, the loop and picks the backend.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from phasemap import kernels, rng
+from phasemap import fused, kernels, rng
 from phasemap.tasks import init_student, make_data
 
 Tensor = torch.Tensor
@@ -166,21 +167,32 @@ def pos_like(idx: Tensor) -> Tensor:
     return torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
 
 
-def should_compile(batch: Batch) -> bool:
-    """Compile when the batch's work dwarfs inductor's compile time (seconds, cached on disk)."""
+BACKENDS = ("eager", "compiled", "fused")
+
+
+def pick_backend(batch: Batch) -> str:
+    """fused where the C++ kernel covers the model family; else compiled when the batch's work
+    dwarfs inductor's compile time (seconds, cached on disk); else eager."""
+    reason = fused.supports(len(batch.weights), bool(batch.biases), batch.optimizer, batch.activation,
+                            batch.x.dtype, batch.x.device)
+    if reason is None and fused.available():
+        return "fused"
     width = batch.weights[0].shape[2]
     work = batch.n_models * batch.steps * batch.x.shape[1] * width * len(batch.weights)
-    return work >= COMPILE_WORK
+    return "compiled" if work >= COMPILE_WORK else "eager"
 
 
-def fit(batch: Batch, compile: bool | None = None) -> Result:
+def fit(batch: Batch, backend: str | None = None) -> Result:
     """Train every model of the batch for batch.steps steps; return final params and losses.
 
-    compile: run each step through torch.compile (None: when the batch is large enough).
+    backend: one of BACKENDS (None: pick_backend). Results agree across backends to float rounding.
     """
     start = time.perf_counter()
-    compile = should_compile(batch) if compile is None else compile
-    step = kernels.make_step(len(batch.weights), batch.activation, batch.optimizer, compile)
+    backend = backend or pick_backend(batch)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    step = None if backend == "fused" else kernels.make_step(len(batch.weights), batch.activation,
+                                                             batch.optimizer, backend == "compiled")
     params = [p.clone() for p in batch.params]
     n_w = len(batch.weights)
     sample = _Minibatches(batch)
@@ -191,20 +203,31 @@ def fit(batch: Batch, compile: bool | None = None) -> Result:
     if adam:
         hyper.update(beta1=batch.beta1, beta2=batch.beta2, eps=batch.eps)
     diverged_step = torch.full((batch.n_models,), -1, dtype=torch.int64, device=batch.x.device)
+    # The fused kernel runs up to the next divergence check in one call when the batch is the
+    # same every step (full batch, no input noise); otherwise it gets each step's sample.
+    span = CHECK_EVERY if backend == "fused" and sample.full and not sample.noisy else 1
+    sample_weight = sample.weight[..., 0].contiguous()
 
-    for t in range(batch.steps):
+    t = 0
+    while t < batch.steps:
+        n = min(span, batch.steps - t)
         x, y = sample(t)
-        if adam:
-            hyper["bc1"] = 1 - batch.beta1 ** (t + 1)
-            hyper["bc2"] = 1 - batch.beta2 ** (t + 1)
-        loss, params, m, v = step(params, m, v, x, y, sample.weight, hyper)
-        if (t + 1) % CHECK_EVERY == 0 or t + 1 == batch.steps:
+        if backend == "fused":
+            loss = fused.sgd_steps(x, y, sample_weight, params[0], params[1], hyper["lr"], hyper["gamma"],
+                                   n, batch.activation)
+        else:
+            if adam:
+                hyper["bc1"] = 1 - batch.beta1 ** (t + 1)
+                hyper["bc2"] = 1 - batch.beta2 ** (t + 1)
+            loss, params, m, v = step(params, m, v, x, y, sample.weight, hyper)
+        t += n
+        if t % CHECK_EVERY == 0 or t == batch.steps:
             bad = ~torch.isfinite(loss)
             for p in params:
                 bad |= ~torch.isfinite(p).flatten(1).all(dim=1)
             new = bad & (diverged_step < 0)
             if new.any():
-                diverged_step[new] = t + 1
+                diverged_step[new] = t
                 hyper["lr"][new] = 0.0
                 for p in params + m + v:
                     p[new] = 0.0              # keeps inf/NaN arithmetic out of later steps
@@ -215,4 +238,4 @@ def fit(batch: Batch, compile: bool | None = None) -> Result:
     train_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x, batch.y, batch.activation))
     test_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x_test, batch.y_test, batch.activation))
     return Result(weights, biases, train_loss, test_loss, diverged_step, time.perf_counter() - start,
-                  extras={"compiled": compile})
+                  extras={"backend": backend})

@@ -182,9 +182,9 @@ def test_the_compiled_step_gives_the_same_results_as_the_straightforward_one(tin
                train={"optimizer": optimizer, "lr": 0.02, "steps": 40, "gamma": 0.01},
                grid={"batch_size": ["full", 8], "seed": {"range": 2}})
     batch = engine.build_batch(configs_of(raw))
-    plain = engine.fit(batch, compile=False)
-    compiled = engine.fit(batch, compile=True)
-    assert compiled.extras["compiled"] and not plain.extras["compiled"]
+    plain = engine.fit(batch, "eager")
+    compiled = engine.fit(batch, "compiled")
+    assert compiled.extras["backend"] == "compiled" and plain.extras["backend"] == "eager"
     for a, b in zip(plain.weights + plain.biases, compiled.weights + compiled.biases):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 

@@ -1,0 +1,218 @@
+// Full-batch or minibatch SGD for M one-hidden-layer networks without biases, fused per model.
+//
+// f(x) = act(x W1) W2 with W1 (d, h), W2 (h, k). One call runs `steps` steps of
+//   L = sum_n w_n ||y_n - f(x_n)||^2,   W <- W (1 - 2 lr gamma) - lr dL/dW
+// for every model, the same update as phasemap.kernels.step with optimizer "sgd". A model's
+// weights, data and two (n, h) scratch arrays stay in the core's L1/L2 cache for all its steps,
+// and each sample's hidden row is computed, activated and differentiated in registers, so a step
+// is one pass over the samples plus one small (d x n) @ (n x h) product. Hidden units are padded
+// to a multiple of 8 (one SIMD register of floats) with zero weights, which stay zero: a unit with
+// zero in- and out-weights has zero activation (tanh(0) = relu(0) = 0) and zero gradients.
+//
+// tanh is the same rational approximation as phasemap.kernels.fast_tanh (abs error < 1e-6), so
+// this kernel and the compiled torch step agree to float rounding.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));
+constexpr int L = 8;  // floats per vector
+
+inline v8 load(const float* p) { v8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+inline v8 splat(float s) { return v8{} + s; }
+inline float hsum(v8 v) {
+  float s = 0.f;
+  for (int i = 0; i < L; ++i) s += v[i];
+  return s;
+}
+
+// Coefficients of phasemap.kernels._TANH_P / _TANH_Q (lowest degree first).
+constexpr float P[7] = {0.9999999847f, -0.15886870591f, 0.031403685892f, 0.0079853570923f,
+                        0.0002299734577f, 1.4037552132e-06f, 9.3110963384e-10f};
+constexpr float Q[7] = {1.0f, 0.1744645309f, -0.043774619848f, 0.024099958115f,
+                        0.001646074725f, 2.2061337818e-05f, 5.3602317446e-08f};
+
+enum Act { TANH = 0, RELU = 1 };
+
+template <int A>
+inline v8 activate(v8 z) {
+  if (A == RELU) return z > 0.f ? z : splat(0.f);
+  z = z < -9.f ? splat(-9.f) : z;
+  z = z > 9.f ? splat(9.f) : z;
+  v8 z2 = z * z;
+  v8 p = splat(P[6]), q = splat(Q[6]);
+  for (int i = 5; i >= 0; --i) {
+    p = p * z2 + P[i];
+    q = q * z2 + Q[i];
+  }
+  return z * p / q;
+}
+
+// act'(z) from a = act(z).
+template <int A>
+inline v8 derivative(v8 a) {
+  if (A == RELU) return a > 0.f ? splat(1.f) : splat(0.f);
+  return 1.f - a * a;
+}
+
+// out[t, :16] += sum_i a[i, t] * b[i, :16] for t < T over the rows i < n of a sample block: a
+// (T x n) @ (n x 16) tile of a^T b in 2T registers, each broadcast of a feeding two FMAs.
+template <int T>
+inline void accumulate_tile(const float* a, int lda, const float* b, int ldb, int n, float* out, int ldo) {
+  v8 lo[T], hi[T];
+  for (int t = 0; t < T; ++t) {
+    lo[t] = load(out + t * ldo);
+    hi[t] = load(out + t * ldo + L);
+  }
+  for (int i = 0; i < n; ++i) {
+    const v8 b0 = load(b + i * ldb), b1 = load(b + i * ldb + L);
+    for (int t = 0; t < T; ++t) {
+      const v8 ai = splat(a[i * lda + t]);
+      lo[t] += ai * b0;
+      hi[t] += ai * b1;
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    store(out + t * ldo, lo[t]);
+    store(out + t * ldo + L, hi[t]);
+  }
+}
+
+// out (d, hp) += a^T (d, n) @ b (n, hp) with a (n, d) row-major, in tiles of 16 columns and up
+// to 5 rows of out (10 accumulators: AVX2 has 16 registers).
+void add_at_b(const float* a, int n, int d, const float* b, int hp, float* out) {
+  constexpr int T = 5;
+  for (int j = 0; j < hp; j += 2 * L) {
+    int t0 = 0;
+    for (; t0 + T <= d; t0 += T) accumulate_tile<T>(a + t0, d, b + j, hp, n, out + t0 * hp + j, hp);
+    const float* at = a + t0;
+    float* o = out + t0 * hp + j;
+    switch (d - t0) {
+      case 4: accumulate_tile<4>(at, d, b + j, hp, n, o, hp); break;
+      case 3: accumulate_tile<3>(at, d, b + j, hp, n, o, hp); break;
+      case 2: accumulate_tile<2>(at, d, b + j, hp, n, o, hp); break;
+      case 1: accumulate_tile<1>(at, d, b + j, hp, n, o, hp); break;
+      default: break;
+    }
+  }
+}
+
+// z[r, :16] = sum_c x[r, c] w[c, :16] for R rows: an (R x d) @ (d x 16) tile in 2R registers.
+template <int R>
+inline void product_tile(const float* x, int d, const float* w, int hp, float* z) {
+  v8 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = splat(0.f);
+  for (int c = 0; c < d; ++c) {
+    const v8 w0 = load(w + c * hp), w1 = load(w + c * hp + L);
+    for (int r = 0; r < R; ++r) {
+      const v8 xr = splat(x[r * d + c]);
+      lo[r] += xr * w0;
+      hi[r] += xr * w1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store(z + r * hp, lo[r]);
+    store(z + r * hp + L, hi[r]);
+  }
+}
+
+// z (n, hp) = x (n, d) @ w (d, hp), 4 rows and 16 columns at a time.
+void product(const float* x, int n, int d, const float* w, int hp, float* z) {
+  constexpr int R = 4;
+  for (int j = 0; j < hp; j += 2 * L) {
+    int r = 0;
+    for (; r + R <= n; r += R) product_tile<R>(x + r * d, d, w + j, hp, z + r * hp + j);
+    for (; r < n; ++r) product_tile<1>(x + r * d, d, w + j, hp, z + r * hp + j);
+  }
+}
+
+constexpr int BLOCK = 32;  // samples per block: its hidden and gradient rows stay in L1
+
+// One model: `steps` SGD steps on padded weights w1 (d, hp) and w2 stored transposed (k, hp);
+// returns the data loss of the last step (before its update). A step goes through the samples
+// in blocks, each in phases that are independent across samples (so the core overlaps them):
+// pre-activations, activation, output and error, hidden gradient, weight gradients.
+// Scratch: hid and grad (BLOCK, hp), gw1 (d, hp), gw2 (k, hp), err (BLOCK, k).
+template <int A>
+float train_one(const float* x, const float* y, const float* sw, float* w1, float* w2,
+                int n, int d, int hp, int k, float lr, float gamma, int steps,
+                float* hid, float* grad, float* gw1, float* gw2, float* err) {
+  const float decay = 1.f - 2.f * lr * gamma;
+  float loss = 0.f;
+  for (int s = 0; s < steps; ++s) {
+    loss = 0.f;
+    std::fill(gw1, gw1 + d * hp, 0.f);
+    std::fill(gw2, gw2 + k * hp, 0.f);
+    for (int i0 = 0; i0 < n; i0 += BLOCK) {
+      const int nb = std::min(BLOCK, n - i0);
+      product(x + i0 * d, nb, d, w1, hp, hid);
+      for (int q = 0; q < nb * hp; q += L) store(hid + q, activate<A>(load(hid + q)));
+      for (int b = 0; b < nb; ++b) {  // output, error and dL/d out = 2 w_n (f - y)
+        const int i = i0 + b;
+        const float* hb = hid + b * hp;
+        for (int o = 0; o < k; ++o) {
+          v8 acc0 = splat(0.f), acc1 = acc0;
+          for (int j = 0; j < hp; j += 2 * L) {
+            acc0 += load(hb + j) * load(w2 + o * hp + j);
+            acc1 += load(hb + j + L) * load(w2 + o * hp + j + L);
+          }
+          const float e = hsum(acc0 + acc1) - y[i * k + o];
+          loss += sw[i] * e * e;
+          err[b * k + o] = 2.f * sw[i] * e;
+        }
+      }
+      for (int b = 0; b < nb; ++b) {  // hidden gradient: (dL/d out @ W2^T) * act'(z)
+        for (int j = 0; j < hp; j += L) {
+          v8 back = splat(0.f);
+          for (int o = 0; o < k; ++o) back += err[b * k + o] * load(w2 + o * hp + j);
+          store(grad + b * hp + j, back * derivative<A>(load(hid + b * hp + j)));
+        }
+      }
+      add_at_b(x + i0 * d, nb, d, grad, hp, gw1);  // dW1 += x^T grad
+      add_at_b(err, nb, k, hid, hp, gw2);          // dW2^T += err^T hidden
+    }
+    for (int q = 0; q < d * hp; ++q) w1[q] = w1[q] * decay - lr * gw1[q];
+    for (int q = 0; q < hp * k; ++q) w2[q] = w2[q] * decay - lr * gw2[q];
+  }
+  return loss;
+}
+
+}  // namespace
+
+// x (m, n, d), y (m, n, k), sample_weight (m, n), w1 (m, d, h), w2 (m, h, k), lr, gamma and loss
+// (m,): contiguous float32. Updates w1 and w2 in place and writes the data loss of the last step.
+// Plain C entry point (loaded with ctypes, which releases the GIL: callers run model slices on
+// several threads). Returns 0, or 1 for an unknown activation.
+extern "C" int phasemap_mlp2_sgd(const float* x, const float* y, const float* sample_weight, float* w1,
+                                 float* w2, const float* lr, const float* gamma, float* loss, int64_t m,
+                                 int64_t n, int64_t d, int64_t h, int64_t k, int64_t steps,
+                                 int64_t activation) {
+  if (activation != TANH && activation != RELU) return 1;
+  const int hp = (h + 2 * L - 1) / (2 * L) * (2 * L);  // whole 16-unit tiles
+  // Padded weights (w2 stored transposed, (k, hp)), a block's hidden and gradient rows.
+  std::vector<float> pw1(d * hp), pw2(k * hp), hid(BLOCK * hp), grad(BLOCK * hp), gw1(d * hp), gw2(k * hp),
+      err(BLOCK * k);
+  auto train = activation == TANH ? train_one<TANH> : train_one<RELU>;
+  for (int64_t mi = 0; mi < m; ++mi) {
+    float* W1 = w1 + mi * d * h;
+    float* W2 = w2 + mi * h * k;
+    std::fill(pw1.begin(), pw1.end(), 0.f);
+    std::fill(pw2.begin(), pw2.end(), 0.f);
+    for (int c = 0; c < d; ++c)
+      for (int j = 0; j < h; ++j) pw1[c * hp + j] = W1[c * h + j];
+    for (int j = 0; j < h; ++j)
+      for (int o = 0; o < k; ++o) pw2[o * hp + j] = W2[j * k + o];
+    loss[mi] = train(x + mi * n * d, y + mi * n * k, sample_weight + mi * n, pw1.data(), pw2.data(), n, d, hp,
+                     k, lr[mi], gamma[mi], steps, hid.data(), grad.data(), gw1.data(), gw2.data(), err.data());
+    for (int c = 0; c < d; ++c)
+      for (int j = 0; j < h; ++j) W1[c * h + j] = pw1[c * hp + j];
+    for (int j = 0; j < h; ++j)
+      for (int o = 0; o < k; ++o) W2[j * k + o] = pw2[o * hp + j];
+  }
+  return 0;
+}
