@@ -25,19 +25,13 @@ from dataclasses import dataclass, field
 import torch
 
 from phasemap import fused, kernels, rng
+from phasemap.shapes import shape_key
 from phasemap.tasks import init_student, make_data
 
 Tensor = torch.Tensor
 
-SHAPE_KEYS = ("input_dim", "output_dim", "n_train", "n_test", "depth", "width",
-              "activation", "bias", "optimizer", "steps")
 CHECK_EVERY = 100  # steps between divergence checks
 COMPILE_WORK = 2e9  # model x step x sample x unit products above which a batch is compiled
-
-
-def shape_key(cfg: dict) -> tuple:
-    """Configs with equal keys can be trained in one batch."""
-    return tuple(cfg[k] for k in SHAPE_KEYS)
 
 
 @dataclass

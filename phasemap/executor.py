@@ -30,8 +30,9 @@ if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
 import ray  # noqa: E402 (after the environment it reads)
 from ray import tune  # noqa: E402
 
-from phasemap import engine, store  # noqa: E402
+from phasemap import store  # noqa: E402
 from phasemap.grid import expand  # noqa: E402
+from phasemap.shapes import shape_order  # noqa: E402
 from phasemap.spec import SweepSpec  # noqa: E402
 
 TRIALS_PER_SLOT = 4      # enough trials to balance load and show progress, few enough to stay cheap
@@ -66,7 +67,7 @@ def plan_chunks(configs: list[dict], chunk: int | None, slots: int) -> list[list
     if not configs:
         return []
     size = chunk or min(MAX_CHUNK, max(1, math.ceil(len(configs) / (slots * TRIALS_PER_SLOT))))
-    ordered = sorted(configs, key=lambda c: repr(engine.shape_key(c)))
+    ordered = sorted(configs, key=shape_order)
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 

@@ -227,3 +227,4 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     base, explicit = _base_flat(spec), spec.explicit_keys()
     keys = list(grid)
     return [resolve(base, dict(zip(keys, values)), explicit) for values in itertools.product(*grid.values())]
+

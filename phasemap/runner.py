@@ -16,6 +16,7 @@ from itertools import groupby
 import torch
 
 from phasemap import engine, symmetry
+from phasemap.shapes import shape_order
 
 THRESHOLDS = ("delta_threshold", "dead_threshold", "dead_relative", "distinct_threshold",
               "rank_tol", "rank_atol")
@@ -66,8 +67,7 @@ def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None 
     max_models = max_models or DEFAULT_MAX_MODELS[device]
     host = socket.gethostname()
     rows: list[dict] = []
-    ordered = sorted(configs, key=lambda c: repr(engine.shape_key(c)))
-    for _, group in groupby(ordered, key=lambda c: repr(engine.shape_key(c))):
+    for _, group in groupby(sorted(configs, key=shape_order), key=shape_order):
         group = list(group)
         for start in range(0, len(group), max_models):
             part = group[start:start + max_models]

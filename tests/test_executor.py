@@ -127,3 +127,15 @@ def test_a_chunk_that_cannot_be_written_fails_after_retries_with_its_reason(tmp_
     assert "cannot write results to" in result.output and "Is a directory" in result.output
     assert earlier.read_bytes() == before
     assert store.files(out) == [str(earlier)]
+
+
+def test_the_driver_plans_a_sweep_without_loading_torch():
+    # torch takes seconds to import; only the trial processes, which train, need it.
+    import subprocess
+    import sys
+    code = ("import sys, phasemap.executor, phasemap.cli; from phasemap.executor import plan_chunks; "
+            "from phasemap.grid import expand; from phasemap.spec import load_spec; "
+            "print(len(plan_chunks(expand(load_spec('sweeps/bench/ref-mlp.yaml')), None, 2)), 'torch' in sys.modules)")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "8 False"

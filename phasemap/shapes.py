@@ -1,0 +1,21 @@
+"""Which configs can share a batch: those whose tensors have the same shapes and step function.
+
+Plain Python (no torch), so the driver can plan chunks without loading the engine:
+
+    groups = itertools.groupby(sorted(configs, key=shape_order), key=shape_order)
+"""
+
+from __future__ import annotations
+
+SHAPE_KEYS = ("input_dim", "output_dim", "n_train", "n_test", "depth", "width",
+              "activation", "bias", "optimizer", "steps")
+
+
+def shape_key(cfg: dict) -> tuple:
+    """Configs with equal keys are trained by the engine as one batch."""
+    return tuple(cfg[k] for k in SHAPE_KEYS)
+
+
+def shape_order(cfg: dict) -> str:
+    """A sort key that keeps configs of one shape together (values of mixed types compare as text)."""
+    return repr(shape_key(cfg))
