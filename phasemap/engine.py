@@ -164,12 +164,18 @@ def pos_like(idx: Tensor) -> Tensor:
 BACKENDS = ("eager", "compiled", "fused")
 
 
+def fusable(cfg: dict, device: str, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether configs like cfg train in the fused C++ kernel on this device and machine."""
+    reason = fused.supports(cfg["depth"], cfg["bias"], cfg["optimizer"], cfg["activation"], dtype, device)
+    return reason is None and fused.available()
+
+
 def pick_backend(batch: Batch) -> str:
     """fused where the C++ kernel covers the model family; else compiled when the batch's work
     dwarfs inductor's compile time (seconds, cached on disk); else eager."""
-    reason = fused.supports(len(batch.weights), bool(batch.biases), batch.optimizer, batch.activation,
-                            batch.x.dtype, batch.x.device)
-    if reason is None and fused.available():
+    family = {"depth": len(batch.weights), "bias": bool(batch.biases), "optimizer": batch.optimizer,
+              "activation": batch.activation}
+    if fusable(family, batch.x.device, batch.x.dtype):
         return "fused"
     width = batch.weights[0].shape[2]
     work = batch.n_models * batch.steps * batch.x.shape[1] * width * len(batch.weights)

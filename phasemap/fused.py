@@ -10,7 +10,8 @@ The source is compiled once per machine by torch.utils.cpp_extension (the C++ co
 torch.compile needs anyway; about 2 s, cached on disk) and called through ctypes, which releases
 the GIL, so the models of a batch are split over torch.get_num_threads() threads.
 
-    if fused.supports(batch) is None and fused.available():
+    if fused.supports(depth=2, bias=False, optimizer="sgd", activation="tanh", dtype=torch.float32,
+                      device="cpu") is None and fused.available():
         loss = fused.sgd_steps(x, y, sample_weight, w1, w2, lr, gamma, steps=100, activation="tanh")
 """
 

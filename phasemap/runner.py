@@ -49,7 +49,7 @@ def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch
                "train_loss": None if diverged[i] else train_loss[i],
                "test_loss": None if diverged[i] else test_loss[i],
                "diverged_step": div_step[i] if diverged[i] else None,
-               "train_seconds": share, "batch_models": len(configs)}
+               "train_seconds": share, "batch_models": len(configs), "backend": result.extras["backend"]}
         for key, values in metrics.items():
             row[key] = None if diverged[i] else values[i]
         rows.append(row)
@@ -69,11 +69,13 @@ def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None 
     rows: list[dict] = []
     for _, group in groupby(sorted(configs, key=shape_order), key=shape_order):
         group = list(group)
+        fusable = engine.fusable(group[0], device)
         for start in range(0, len(group), max_models):
             part = group[start:start + max_models]
             # Pad a short last block with copies so every block has one shape: a compiled
-            # step is then compiled once, not once more for the remainder.
-            pad = max_models - len(part) if len(group) > max_models else 0
+            # step is then compiled once, not once more for the remainder (the fused step
+            # compiles nothing per shape, so it trains no copies).
+            pad = max_models - len(part) if len(group) > max_models and not fusable else 0
             begun = time.time()
             try:
                 batch = engine.build_batch(part + [part[-1]] * pad, device)

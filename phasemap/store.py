@@ -39,7 +39,7 @@ RESULT_TYPES: dict[str, pa.DataType] = {
     "layer_n_distinct": _I64_LIST, "layer_n_dead": _I64_LIST, "layer_n_dos": _I64_LIST,
     "layer_n_dosb": _I64_LIST, "layer_weight_rank": _I64_LIST, "layer_symmetry_class": _STR_LIST,
     "layer_groups": pa.list_(_I64_LIST), "deltas": pa.list_(_F64),
-    "train_seconds": _F64, "batch_seconds": _F64, "batch_models": _I64,
+    "train_seconds": _F64, "batch_seconds": _F64, "batch_models": _I64, "backend": _STR,
     "device": _STR, "host": _STR, "finished_at": pa.timestamp("s", tz="UTC"),
 }
 # Keys the resolution step adds beside the section keys, and keys whose type is not plain.
@@ -97,6 +97,12 @@ def location(out: str | Path) -> tuple[pafs.FileSystem, str]:
         except (pa.ArrowException, ValueError, OSError) as err:
             raise StoreError(f"cannot open results location {out}: {err}") from err
     return pafs.LocalFileSystem(), os.path.abspath(out)
+
+
+def uri(out: str | Path, path: str) -> str:
+    """A path from `files(out)` as other readers (polars) open it: with out's URI scheme, if any."""
+    out = str(out)
+    return f"{out.split('://', 1)[0]}://{path}" if "://" in out else path
 
 
 def normalize(out: str | Path) -> str:

@@ -21,14 +21,19 @@ class ResultsError(ValueError):
 
 
 def scan(results: str | Path) -> pl.LazyFrame:
-    """A lazy polars frame over every Parquet file of a results folder or URI (s3://, gs://, ...)."""
+    """A lazy polars frame over every Parquet file of a results folder or URI (s3://, gs://, ...).
+
+    Files written by other phasemap versions may lack columns added since (or hold ones since
+    dropped): the frame has the union of the columns, null where a file has none.
+    """
     try:
         found = store.files(results)
     except store.StoreError as err:
         raise ResultsError(str(err)) from err
     if not found:
         raise ResultsError(f"{results}: no phasemap results here (no .parquet files)")
-    return pl.scan_parquet(f"{str(results).rstrip('/')}/**/*.parquet")
+    frames = [pl.scan_parquet(store.uri(results, path)) for path in found]
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
 def varying_axes(frame: pl.LazyFrame) -> list[str]:

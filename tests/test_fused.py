@@ -100,3 +100,15 @@ def test_float64_and_unknown_backends_are_refused(tiny):
     batch = engine.build_batch(configs_of(tiny()))
     with pytest.raises(ValueError, match="unknown backend"):
         engine.fit(batch, "numba")
+
+
+def test_a_short_last_block_is_not_padded_with_copies_when_fused(tiny):
+    from phasemap.runner import run_chunk
+    configs = configs_of(tiny(train={"steps": 5}, grid={"gamma": [0.0, 0.01, 0.1, 0.2, 0.3], "seed": {"range": 4}}))
+    rows = run_chunk(configs, "cpu", max_models=8)               # blocks of 8, 8 and 4
+    assert sorted(r["batch_models"] for r in rows) == [4] * 4 + [8] * 16
+    assert {r["backend"] for r in rows} == {"fused"}
+    padded = run_chunk(configs_of(tiny(model={"depth": 3}, train={"steps": 5},
+                                       grid={"gamma": [0.0, 0.01, 0.1, 0.2, 0.3], "seed": {"range": 4}})),
+                       "cpu", max_models=8)
+    assert {r["batch_models"] for r in padded} == {8}             # the torch step keeps one shape

@@ -128,6 +128,23 @@ def test_a_uri_location_round_trips(tmp_path, rows):
     assert store.files(uri) == [path]
 
 
+@pytest.mark.parametrize("by_uri", [False, True])
+def test_files_from_an_older_version_without_a_column_are_read_beside_new_ones(tmp_path, rows, by_uri):
+    from phasemap.summary import scan, summarize
+    folder = tmp_path / "mixed"
+    old = pq.read_table(store.write_rows(rows[:2], folder)).drop_columns(["backend"])
+    for path in store.files(folder):
+        Path(path).unlink()
+    pq.write_table(old, folder / "part-old.parquet")
+    store.write_rows(rows[2:], folder)
+    location = f"file://{folder}" if by_uri else str(folder)
+    frame = scan(location).collect()
+    assert frame.height == len(rows) and set(frame["run_id"]) == {r["run_id"] for r in rows}
+    by_run = dict(zip(frame["run_id"], frame["backend"]))
+    assert [by_run[r["run_id"]] for r in rows] == [None, None] + [r["backend"] for r in rows[2:]]
+    assert summarize(location)["runs"] == len(rows)
+
+
 def test_check_writable_names_the_location_and_the_reason(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
