@@ -21,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import os
 import platform
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,10 +60,22 @@ def _cpu_tag() -> str:
     return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
 
 
+def _put_ninja_on_path() -> None:
+    """torch looks for `ninja` on PATH; the one installed with phasemap sits beside the venv's
+    python, which is not on PATH when a venv's scripts are run without activating it."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     from torch.utils import cpp_extension
 
+    _put_ninja_on_path()
     try:
         path = cpp_extension.load(name=f"phasemap_mlp2_{_cpu_tag()}", sources=[str(SOURCE)],
                                   extra_cflags=["-O3", "-march=native", "-fno-math-errno"],
