@@ -44,20 +44,19 @@ def load_configs(path: str | Path = REF, n: int | None = None) -> list[dict]:
     return configs
 
 
-def _worker(configs: list[dict], device: str, warmup: bool) -> dict:
+def _worker(configs: list[dict], device: str, warmup: bool, backend: str | None = None) -> dict:
     torch.set_num_threads(1 if device == "cpu" else torch.get_num_threads())
     from phasemap import engine
     from phasemap.runner import DEFAULT_MAX_MODELS, run_chunk
 
     started = time.perf_counter()
-    backend = None
     if warmup and configs:  # build or compile the step for a block's shape, outside the timed part
         batch = engine.build_batch(configs[:DEFAULT_MAX_MODELS[device]], device)
-        backend = engine.pick_backend(batch)
+        backend = backend or engine.pick_backend(batch)
         batch.steps = 1
         engine.fit(batch, backend)
     ready = time.perf_counter()
-    rows = run_chunk(configs, device)
+    rows = run_chunk(configs, device, backend=backend)
     done = time.perf_counter()
     return {"runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
             "warmup_s": ready - started, "seconds": done - ready, "backend": backend}
@@ -81,22 +80,27 @@ def batched_matmul_peak(device: str, threads: int) -> float:
     return 2.0 * m * n**3 / best / 1e9
 
 
-def engine_bench(configs: list[dict], device: str = "cpu", workers: int | None = None) -> dict:
-    """Train every config through the engine; return runs/s, GFLOP/s and the peak fraction."""
+def engine_bench(configs: list[dict], device: str = "cpu", workers: int | None = None,
+                 backend: str | None = None) -> dict:
+    """Train every config through the engine; return runs/s, GFLOP/s and the peak fraction.
+
+    backend: force a step (fused, compiled, eager) instead of the fastest that applies.
+    """
     workers = workers or (os.cpu_count() or 1) if device == "cpu" else 1
     shares = [configs[i::workers] for i in range(workers)]
     started = time.perf_counter()
     if workers == 1:
-        parts = [_worker(shares[0], device, True)]
+        parts = [_worker(shares[0], device, True, backend)]
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            parts = list(pool.map(_worker, shares, [device] * workers, [True] * workers))
+            parts = list(pool.map(_worker, shares, [device] * workers, [True] * workers, [backend] * workers))
     wall = time.perf_counter() - started
     train = max(p["seconds"] for p in parts)          # the workers run side by side
     runs = sum(p["runs"] for p in parts)
     flops = sum(matmul_flops(c) * c["steps"] for c in configs)
     peak = batched_matmul_peak(device, workers if device == "cpu" else 1)
-    return {"device": device, "backend": parts[0]["backend"], "workers": workers, "runs": runs, "ok": sum(p["ok"] for p in parts),
+    return {"device": device, "backend": parts[0]["backend"], "workers": workers, "runs": runs,
+            "ok": sum(p["ok"] for p in parts),
             "seconds": train, "warmup_seconds": max(p["warmup_s"] for p in parts), "wall_seconds": wall,
             "runs_per_s": runs / train, "gflops": flops / train / 1e9, "peak_gflops": peak,
             "peak_fraction": flops / train / 1e9 / peak}

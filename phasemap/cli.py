@@ -256,6 +256,7 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force the step: fused, compiled or eager (default: the fastest that applies)."),
     baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
     analysis: bool = typer.Option(False, "--analysis", help="Time the analysis on synthetic rows instead."),
     rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
@@ -279,7 +280,11 @@ def bench(
         import torch
         if not torch.cuda.is_available():
             _fail("--device cuda: torch sees no CUDA device here")
-    result = {"engine": engine_bench(load_configs(n=configs), device, workers)}
+    if backend is not None and backend not in ("fused", "compiled", "eager"):
+        _fail(f"--backend: {backend!r} is not one of fused, compiled, eager")
+    if backend == "fused" and device != "cpu":
+        _fail("--backend fused runs on the CPU only")
+    result = {"engine": engine_bench(load_configs(n=configs), device, workers, backend)}
     if baseline:
         try:
             result["baseline"] = baseline_bench(load_configs(n=baseline))

@@ -61,15 +61,19 @@ def failed_rows(configs: list[dict], error: str) -> list[dict]:
     return [{**cfg, "status": "failed", "error": error} for cfg in configs]
 
 
-def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None = None) -> list[dict]:
-    """Train and measure every config; batches group configs of one shape, max_models at a time."""
+def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None = None,
+              backend: str | None = None) -> list[dict]:
+    """Train and measure every config; batches group configs of one shape, max_models at a time.
+
+    backend: force engine.fit's step (None: the fastest that applies to each batch).
+    """
     device = pick_device(device)
     max_models = max_models or DEFAULT_MAX_MODELS[device]
     host = socket.gethostname()
     rows: list[dict] = []
     for _, group in groupby(sorted(configs, key=shape_order), key=shape_order):
         group = list(group)
-        fusable = engine.fusable(group[0], device)
+        fusable = engine.fusable(group[0], device) if backend in (None, "fused") else False
         for start in range(0, len(group), max_models):
             part = group[start:start + max_models]
             # Pad a short last block with copies so every block has one shape: a compiled
@@ -79,7 +83,7 @@ def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None 
             begun = time.time()
             try:
                 batch = engine.build_batch(part + [part[-1]] * pad, device)
-                result = engine.fit(batch)
+                result = engine.fit(batch, backend)
                 new = _metric_rows(part + [part[-1]] * pad, result, batch)[:len(part)]
             except Exception as err:  # noqa: BLE001 - a bad batch must not stop the sweep
                 detail = "".join(traceback.format_exception_only(type(err), err)).strip()
