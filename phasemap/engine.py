@@ -164,7 +164,7 @@ def pos_like(idx: Tensor) -> Tensor:
 BACKENDS = ("eager", "compiled", "fused")
 
 
-def fusable(cfg: dict, device: str, dtype: torch.dtype = torch.float32) -> bool:
+def fusable(cfg: dict, device: str | torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether configs like cfg train in the fused C++ kernel on this device and machine."""
     reason = fused.supports(cfg["depth"], cfg["bias"], cfg["optimizer"], cfg["activation"], dtype, device)
     return reason is None and fused.available()
