@@ -280,8 +280,10 @@ def bench(
         import torch
         if not torch.cuda.is_available():
             _fail("--device cuda: torch sees no CUDA device here")
-    if backend is not None and backend not in ("fused", "compiled", "eager"):
-        _fail(f"--backend: {backend!r} is not one of fused, compiled, eager")
+    from phasemap.engine import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "fused" and device != "cpu":
         _fail("--backend fused runs on the CPU only")
     result = {"engine": engine_bench(load_configs(n=configs), device, workers, backend)}

@@ -206,7 +206,7 @@ def fit(batch: Batch, backend: str | None = None) -> Result:
     # The fused kernel runs up to the next divergence check in one call when the batch is the
     # same every step (full batch, no input noise); otherwise it gets each step's sample.
     span = CHECK_EVERY if backend == "fused" and sample.full and not sample.noisy else 1
-    sample_weight = sample.weight[..., 0].contiguous()
+    sample_weight = sample.weight[..., 0].contiguous() if backend == "fused" else None   # (M, k)
 
     t = 0
     while t < batch.steps:

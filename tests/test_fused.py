@@ -4,14 +4,8 @@ import pytest
 import torch
 
 from phasemap import engine, fused
-from phasemap.grid import expand
-from phasemap.spec import parse_spec
 
-from test_engine import reference_fit
-
-
-def configs_of(raw):
-    return expand(parse_spec(raw))
+from test_engine import configs_of, reference_fit
 
 
 def test_the_kernel_builds_on_this_machine():

@@ -97,81 +97,46 @@ inline v8 derivative(v8 a) {
   return 1.f - a * a;
 }
 
-// out[t, :16] += sum_i a[i, t] * b[i, :16] for t < T over the rows i < n of a sample block: a
-// (T x n) @ (n x 16) tile of a^T b in 2T registers, each broadcast of a feeding two FMAs.
-template <int T>
-inline void accumulate_tile(const float* a, int lda, const float* b, int ldb, int n, float* out, int ldo) {
+// out[t, :16] (+)= sum_i A[t, i] b[i, :16] for t < T, i < n, where A[t, i] = a[t * sa + i * si]:
+// a (T x n) @ (n x 16) tile in 2T registers, each broadcast of A feeding two FMAs. Rows of b and
+// out are hp apart. Starts from zero, or from out with ADD.
+template <int T, bool ADD>
+inline void tile(const float* a, int sa, int si, const float* b, int n, int hp, float* out) {
   v8 lo[T], hi[T];
   for (int t = 0; t < T; ++t) {
-    lo[t] = load(out + t * ldo);
-    hi[t] = load(out + t * ldo + L);
+    lo[t] = ADD ? load(out + t * hp) : splat(0.f);
+    hi[t] = ADD ? load(out + t * hp + L) : splat(0.f);
   }
   for (int i = 0; i < n; ++i) {
-    const v8 b0 = load(b + i * ldb), b1 = load(b + i * ldb + L);
+    const v8 b0 = load(b + i * hp), b1 = load(b + i * hp + L);
     for (int t = 0; t < T; ++t) {
-      const v8 ai = splat(a[i * lda + t]);
+      const v8 ai = splat(a[t * sa + i * si]);
       lo[t] += ai * b0;
       hi[t] += ai * b1;
     }
   }
   for (int t = 0; t < T; ++t) {
-    store(out + t * ldo, lo[t]);
-    store(out + t * ldo + L, hi[t]);
+    store(out + t * hp, lo[t]);
+    store(out + t * hp + L, hi[t]);
   }
 }
 
-// out (d, hp) += a^T (d, n) @ b (n, hp) with a (n, d) row-major, in tiles of 16 columns and up
-// to 5 rows of out (10 accumulators: AVX2 has 16 registers).
-void add_at_b(const float* a, int n, int d, const float* b, int hp, float* out) {
-  constexpr int T = 5;
+// out (rows, hp) (+)= A (rows, n) @ b (n, hp), A[t, i] = a[t * sa + i * si], in tiles of 16
+// columns and T rows (2T accumulators of AVX2's 16 registers), the last rows in a smaller tile.
+template <int T, bool ADD>
+void multiply(const float* a, int rows, int sa, int si, const float* b, int n, int hp, float* out) {
+  static_assert(T <= 6, "the tail switch covers up to 5 leftover rows");
   for (int j = 0; j < hp; j += 2 * L) {
-    int t0 = 0;
-    for (; t0 + T <= d; t0 += T) accumulate_tile<T>(a + t0, d, b + j, hp, n, out + t0 * hp + j, hp);
-    const float* at = a + t0;
-    float* o = out + t0 * hp + j;
-    switch (d - t0) {
-      case 4: accumulate_tile<4>(at, d, b + j, hp, n, o, hp); break;
-      case 3: accumulate_tile<3>(at, d, b + j, hp, n, o, hp); break;
-      case 2: accumulate_tile<2>(at, d, b + j, hp, n, o, hp); break;
-      case 1: accumulate_tile<1>(at, d, b + j, hp, n, o, hp); break;
-      default: break;
-    }
-  }
-}
-
-// z[r, :16] = sum_c x[r, c] w[c, :16] for R rows: an (R x d) @ (d x 16) tile in 2R registers.
-template <int R>
-inline void product_tile(const float* x, int d, const float* w, int hp, float* z) {
-  v8 lo[R], hi[R];
-  for (int r = 0; r < R; ++r) lo[r] = hi[r] = splat(0.f);
-  for (int c = 0; c < d; ++c) {
-    const v8 w0 = load(w + c * hp), w1 = load(w + c * hp + L);
-    for (int r = 0; r < R; ++r) {
-      const v8 xr = splat(x[r * d + c]);
-      lo[r] += xr * w0;
-      hi[r] += xr * w1;
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    store(z + r * hp, lo[r]);
-    store(z + r * hp + L, hi[r]);
-  }
-}
-
-// z (n, hp) = x (n, d) @ w (d, hp), 6 rows (12 accumulators) and 16 columns at a time.
-void product(const float* x, int n, int d, const float* w, int hp, float* z) {
-  constexpr int R = 6;
-  for (int j = 0; j < hp; j += 2 * L) {
-    int r = 0;
-    for (; r + R <= n; r += R) product_tile<R>(x + r * d, d, w + j, hp, z + r * hp + j);
-    const float* xr = x + r * d;
-    float* zr = z + r * hp + j;
-    switch (n - r) {
-      case 5: product_tile<5>(xr, d, w + j, hp, zr); break;
-      case 4: product_tile<4>(xr, d, w + j, hp, zr); break;
-      case 3: product_tile<3>(xr, d, w + j, hp, zr); break;
-      case 2: product_tile<2>(xr, d, w + j, hp, zr); break;
-      case 1: product_tile<1>(xr, d, w + j, hp, zr); break;
+    int t = 0;
+    for (; t + T <= rows; t += T) tile<T, ADD>(a + t * sa, sa, si, b + j, n, hp, out + t * hp + j);
+    const float* at = a + t * sa;
+    float* o = out + t * hp + j;
+    switch (rows - t) {
+      case 5: tile<5, ADD>(at, sa, si, b + j, n, hp, o); break;
+      case 4: tile<4, ADD>(at, sa, si, b + j, n, hp, o); break;
+      case 3: tile<3, ADD>(at, sa, si, b + j, n, hp, o); break;
+      case 2: tile<2, ADD>(at, sa, si, b + j, n, hp, o); break;
+      case 1: tile<1, ADD>(at, sa, si, b + j, n, hp, o); break;
       default: break;
     }
   }
@@ -196,7 +161,7 @@ float train_one(const float* x, const float* y, const float* sw, float* w1, floa
     std::fill(gw2, gw2 + k * hp, 0.f);
     for (int i0 = 0; i0 < n; i0 += BLOCK) {
       const int nb = std::min(BLOCK, n - i0);
-      product(x + i0 * d, nb, d, w1, hp, hid);
+      multiply<6, false>(x + i0 * d, nb, d, 1, w1, d, hp, hid);   // pre-activations x @ W1
       activate<A>(hid, nb * hp);
       for (int b = 0; b < nb; ++b) {  // output, error and dL/d out = 2 w_n (f - y)
         const int i = i0 + b;
@@ -219,8 +184,8 @@ float train_one(const float* x, const float* y, const float* sw, float* w1, floa
           store(grad + b * hp + j, back * derivative<A>(load(hid + b * hp + j)));
         }
       }
-      add_at_b(x + i0 * d, nb, d, grad, hp, gw1);  // dW1 += x^T grad
-      add_at_b(err, nb, k, hid, hp, gw2);          // dW2^T += err^T hidden
+      multiply<5, true>(x + i0 * d, d, 1, d, grad, nb, hp, gw1);  // dW1 += x^T grad
+      multiply<5, true>(err, k, 1, k, hid, nb, hp, gw2);          // dW2^T += err^T hidden
     }
     for (int q = 0; q < d * hp; ++q) w1[q] = w1[q] * decay - lr * gw1[q];
     for (int q = 0; q < hp * k; ++q) w2[q] = w2[q] * decay - lr * gw2[q];
