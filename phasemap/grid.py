@@ -3,7 +3,9 @@
 A resolved config is a flat dict holding every key of task/model/train/metrics once, with
 the derived values filled in (batch size, temperature, the linear teacher's spectrum):
 
-    configs = expand(load_spec("sweeps/quickstart.yaml"))
+    spec = load_spec("sweeps/quickstart.yaml")
+    count(spec)           # 48: read from the axis definitions, nothing built
+    configs = expand(spec)  # SpecError above max_configs (DEFAULT_MAX_CONFIGS), before any axis is built
     configs[0]["run_id"]  # a stable 32-hex hash of the config, the same on any machine
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -23,14 +26,19 @@ from phasemap.spec import (
     UNSWEEPABLE,
     SpecError,
     SweepSpec,
-    _suggest,
     axis_key,
+    reason,
+    suggest,
 )
 
 MLP_ONLY = ("teacher_depth", "teacher_activation", "output_scale")
 LINEAR_ONLY = ("spectrum", "whiten")
 # The key that names a run; everything else in a row describes or measures it.
 RUN_ID = "run_id"
+# The most configs `expand` builds unless told otherwise (--max-configs). A resolved config is a
+# dict of about 40 entries, about 1 kB and 0.1 ms to build, so ten million already take ~10 GB and
+# ~20 minutes: the limit stops runaway grids, not big sweeps.
+DEFAULT_MAX_CONFIGS = 10_000_000
 
 
 def _canonical(value: float) -> float:
@@ -38,13 +46,13 @@ def _canonical(value: float) -> float:
     return float(f"{value:.12g}")
 
 
-def axis_values(name: str, axis: Any) -> list:
-    """Expand one raw axis definition (list, logspace, linspace or range) to its values."""
+def _axis_form(name: str, axis: Any) -> tuple[str, Any, int]:
+    """Check a raw axis definition's form; return (kind, arguments, number of values), building nothing."""
     where = f"grid.{name}"
     if isinstance(axis, list):
         if not axis:
             raise SpecError(f"{where}: the axis is empty; give at least one value", key=where)
-        return list(axis)
+        return "list", axis, len(axis)
     if not isinstance(axis, dict) or len(axis) != 1:
         raise SpecError(
             f"{where}: an axis is a list of values or one of "
@@ -58,13 +66,12 @@ def axis_values(name: str, axis: Any) -> list:
         if (not isinstance(args, list) or len(args) != 2
                 or not all(isinstance(a, int) and not isinstance(a, bool) for a in args)):
             raise SpecError(f"{where}: range takes n or [start, stop] (integers)", key=where)
-        values = list(range(args[0], args[1]))
-        if not values:
+        if args[1] <= args[0]:
             raise SpecError(f"{where}: range {args} is empty", key=where)
-        return values
+        return kind, args, args[1] - args[0]
     if kind not in ("logspace", "linspace"):
         raise SpecError(
-            f"{where}: unknown axis kind {kind!r}{_suggest(kind, ['logspace', 'linspace', 'range'])}",
+            f"{where}: unknown axis kind {kind!r}{suggest(kind, ['logspace', 'linspace', 'range'])}",
             key=where,
         )
     if (not isinstance(args, list) or len(args) != 3
@@ -74,16 +81,55 @@ def axis_values(name: str, axis: Any) -> list:
     lo, hi, n = args
     if n < 1:
         raise SpecError(f"{where}: {kind} needs n >= 1 points, got {n}", key=where)
-    if kind == "logspace":
-        if lo <= 0 or hi <= 0:
-            raise SpecError(
-                f"{where}: logspace bounds are values, not exponents, and must be > 0 (got {lo}, {hi})",
-                key=where,
-            )
-        raw = np.geomspace(lo, hi, n)
-    else:
-        raw = np.linspace(lo, hi, n)
+    if kind == "logspace" and (lo <= 0 or hi <= 0):
+        raise SpecError(
+            f"{where}: logspace bounds are values, not exponents, and must be > 0 (got {lo}, {hi})",
+            key=where,
+        )
+    return kind, args, n
+
+
+def axis_length(name: str, axis: Any) -> int:
+    """The number of values of one raw axis definition, read from its form without building it."""
+    return _axis_form(name, axis)[2]
+
+
+def axis_values(name: str, axis: Any) -> list:
+    """Expand one raw axis definition (list, logspace, linspace or range) to its values.
+
+    It builds every value: check the axis's size first (`check_size`) when it comes from a user.
+    """
+    kind, args, n = _axis_form(name, axis)
+    if kind == "list":
+        return list(args)
+    if kind == "range":
+        return list(range(*args))
+    lo, hi, _ = args
+    raw = np.geomspace(lo, hi, n) if kind == "logspace" else np.linspace(lo, hi, n)
     return [_canonical(v) for v in raw]
+
+
+def count(spec: SweepSpec) -> int:
+    """The number of configs of the sweep (the product of its axis lengths), without building any axis."""
+    return math.prod(axis_length(name, axis) for name, axis in spec.grid.items())
+
+
+def check_size(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> int:
+    """Return `count(spec)`; raise SpecError when it exceeds `max_configs` (None: no limit).
+
+    Cheap (nothing is built), so a billion-config grid is refused at once instead of filling memory.
+    One axis longer than the limit is refused too, since the product is at least its length.
+    """
+    if max_configs is not None and (isinstance(max_configs, bool) or not isinstance(max_configs, int)
+                                    or max_configs < 1):
+        raise SpecError(f"--max-configs: must be a positive integer (got {max_configs!r})", key="max_configs")
+    lengths = {name: axis_length(name, axis) for name, axis in spec.grid.items()}
+    total = math.prod(lengths.values())
+    if max_configs is not None and total > max_configs:
+        sizes = " x ".join(f"{name} {n:,}" for name, n in lengths.items())
+        raise SpecError(f"grid: {total:,} configs ({sizes}) exceed the limit of {max_configs:,}; "
+                        "pass --max-configs to raise it", key="grid")
+    return total
 
 
 def _validate_axis(spec: SweepSpec, name: str, values: list) -> list:
@@ -91,7 +137,7 @@ def _validate_axis(spec: SweepSpec, name: str, values: list) -> list:
     key = axis_key(name)
     section = KEY_SECTION.get(key)
     if section is None or ("." in name and name.split(".", 1)[0] != section) or key in UNSWEEPABLE:
-        hint = _suggest(key, KEY_SECTION)
+        hint = suggest(key, KEY_SECTION)
         raise SpecError(f"grid.{name}: not a sweepable config key{hint}", key=f"grid.{name}")
     cls = SECTIONS[section]
     base = getattr(spec, section).model_dump(exclude_unset=True)
@@ -102,24 +148,24 @@ def _validate_axis(spec: SweepSpec, name: str, values: list) -> list:
         try:
             model = cls.model_validate({**base, key: value})
         except ValidationError as err:
-            if isinstance(value, float) and value.is_integer():
-                try:  # linspace over an integer key, e.g. width
-                    model = cls.model_validate({**base, key: int(value)})
-                except ValidationError:
-                    model = None
-                if model is not None:
-                    coerced.append(getattr(model, key))
-                    continue
-            msg = err.errors()[0]["msg"]
-            raise SpecError(f"grid.{name}: value {value!r}: {msg}", key=f"grid.{name}") from None
+            if not (isinstance(value, float) and value.is_integer()
+                    and err.errors()[0]["type"] == "int_type"):
+                raise SpecError(f"grid.{name}: value {value!r}: {reason(err.errors()[0])}",
+                                key=f"grid.{name}") from None
+            try:  # linspace over an integer key, e.g. width
+                model = cls.model_validate({**base, key: int(value)})
+            except ValidationError as err_int:
+                raise SpecError(f"grid.{name}: value {value!r}: {reason(err_int.errors()[0])}",
+                                key=f"grid.{name}") from None
         coerced.append(getattr(model, key))
     if len(set(map(repr, coerced))) != len(coerced):
         raise SpecError(f"grid.{name}: the axis repeats a value", key=f"grid.{name}")
     return coerced
 
 
-def axes(spec: SweepSpec) -> dict[str, list]:
-    """The sweep's axes as {bare key: validated values}, in file order."""
+def axes(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> dict[str, list]:
+    """The sweep's axes as {bare key: validated values}, in file order; the size is checked first."""
+    check_size(spec, max_configs)
     out: dict[str, list] = {}
     for name, axis in spec.grid.items():
         key = axis_key(name)
@@ -221,9 +267,12 @@ def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> 
     return cfg
 
 
-def expand(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every config of the sweep (the Cartesian product of its axes), resolved, in grid order."""
-    grid = axes(spec)
+def expand(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> list[dict[str, Any]]:
+    """Every config of the sweep (the Cartesian product of its axes), resolved, in grid order.
+
+    A sweep of more than `max_configs` configs (None: no limit) is refused before any axis is built.
+    """
+    grid = axes(spec, max_configs)  # calls check_size before building anything
     base, explicit = _base_flat(spec), spec.explicit_keys()
     keys = list(grid)
     return [resolve(base, dict(zip(keys, values)), explicit) for values in itertools.product(*grid.values())]

@@ -53,11 +53,23 @@ def _to_float(value: Any) -> Any:
     return value
 
 
-Float = Annotated[float, BeforeValidator(_to_float)]
 PosFloat = Annotated[float, BeforeValidator(_to_float), Field(gt=0)]
 NonNegFloat = Annotated[float, BeforeValidator(_to_float), Field(ge=0)]
-PosInt = Annotated[StrictInt, Field(ge=1)]
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
+
+# Upper bounds on integer keys. A value past them cannot be meant and would hang a run or exhaust
+# memory (a width of 10^7 is a 10^7 x input_dim matrix per model), so it is refused with the key
+# named. Each is generous for research: raise it here if a real experiment needs more.
+MAX_DIM = 100_000               # input_dim, output_dim, width, teacher_rank
+MAX_DEPTH = 100                 # weight layers of the student and of an mlp teacher
+MAX_SAMPLES = 100_000_000       # n_train, n_test, batch_size
+MAX_STEPS = 1_000_000_000       # optimizer steps of one run
+MAX_SEED = 2**63 - 1            # seeds are stored in int64 Parquet columns
+
+Dim = Annotated[StrictInt, Field(ge=1, le=MAX_DIM)]
+Depth = Annotated[StrictInt, Field(ge=1, le=MAX_DEPTH)]
+Samples = Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLES)]
+Steps = Annotated[StrictInt, Field(ge=1, le=MAX_STEPS)]
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 
 
 class _Section(BaseModel):
@@ -79,18 +91,18 @@ class TaskSpec(_Section):
     """Teacher and data. x ~ N(0, input_scale^2) (or sin of it); y = teacher(x) + sigma * noise."""
 
     teacher: Literal["mlp", "linear"] = "mlp"
-    input_dim: PosInt = 10
-    output_dim: PosInt = 1
-    n_train: PosInt = 300
-    n_test: PosInt = 500
+    input_dim: Dim = 10
+    output_dim: Dim = 1
+    n_train: Samples = 300
+    n_test: Samples = 500
     input_dist: Literal["gaussian", "sin_gaussian"] = "gaussian"
     input_scale: PosFloat = 1.0
     sigma: NonNegFloat = 0.0
     noise_on: Literal["labels", "inputs"] = "labels"
-    teacher_rank: PosInt | None = None
-    data_seed: NonNegInt | None = None
+    teacher_rank: Dim | None = None
+    data_seed: Seed | None = None
     # mlp teachers
-    teacher_depth: PosInt = 2
+    teacher_depth: Depth = 2
     teacher_activation: Activation = "tanh"
     output_scale: PosFloat = 1.0
     # linear teachers
@@ -101,8 +113,8 @@ class TaskSpec(_Section):
 class ModelSpec(_Section):
     """The student: `depth` weight layers, `width` units per hidden layer."""
 
-    depth: PosInt = 2
-    width: PosInt = 64
+    depth: Depth = 2
+    width: Dim = 64
     activation: Activation = "tanh"
     init_scale: NonNegFloat = 0.01
     bias: StrictBool = False
@@ -113,12 +125,12 @@ class TrainSpec(_Section):
 
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: PosFloat = 0.05
-    batch_size: Union[PosInt, Literal["full"]] = "full"
+    batch_size: Union[Samples, Literal["full"]] = "full"
     temperature: NonNegFloat | None = None
     hold: Literal["lr", "batch_size"] = "lr"
     gamma: NonNegFloat = 0.0
-    steps: PosInt = 2000
-    seed: NonNegInt = 0
+    steps: Steps = 2000
+    seed: Seed = 0
     beta1: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.999
     eps: PosFloat = 1e-8
@@ -229,21 +241,22 @@ def _set_override(raw: dict, assignment: str) -> None:
     if len(parts) == 1 and parts[0] in KEY_SECTION:
         raw.setdefault(KEY_SECTION[parts[0]], {})[parts[0]] = value
         return
-    raise SpecError(f"--set {dotted}: unknown key{_suggest(dotted, _all_dotted_keys())}", key=dotted)
+    raise SpecError(f"--set {dotted}: unknown key{suggest(dotted, _all_dotted_keys())}", key=dotted)
 
 
 def _all_dotted_keys() -> list[str]:
     return [f"{s}.{k}" for s, cls in SECTIONS.items() for k in cls.model_fields] + list(KEY_SECTION)
 
 
-def _suggest(word: str, choices) -> str:
+def suggest(word: str, choices) -> str:
+    """A hint such as " (did you mean 'width'?)" for the closest of `choices` to `word`; "" if none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # Fields that accept several forms: say the forms instead of one branch's complaint.
 UNION_FORMS = {
-    "batch_size": "a positive integer or 'full'",
+    "batch_size": f"a positive integer up to {MAX_SAMPLES:,} or 'full'",
     "spectrum": "a list of positive singular values or {power_law: {c: ..., alpha: ...}}",
 }
 
@@ -264,14 +277,21 @@ def format_validation_error(err: ValidationError) -> SpecError:
         cls: Any = SweepSpec
         for part in loc[:-1]:
             cls = SECTIONS.get(part, PowerLaw if part == "power_law" else cls)
-        msg = f"unknown key{_suggest(loc[-1], list(getattr(cls, 'model_fields', {})))}"
+        msg = f"unknown key{suggest(loc[-1], list(getattr(cls, 'model_fields', {})))}"
     elif first["type"] == "missing":
         msg = "required key is missing"
     elif loc and loc[-1] in UNION_FORMS:
         msg = f"expected {UNION_FORMS[loc[-1]]} (got {first.get('input')!r})"
     else:
-        msg = f"{msg} (got {first.get('input')!r})"
+        msg = f"{reason(first)} (got {first.get('input')!r})"
     return SpecError(f"{key}: {msg}", key=key)
+
+
+def reason(error: dict) -> str:
+    """One item of `ValidationError.errors()` as a short reason, e.g. "must be at most 100,000"."""
+    if error["type"] == "less_than_equal":
+        return f"must be at most {error['ctx']['le']:,}"
+    return error["msg"]
 
 
 def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
@@ -298,16 +318,43 @@ def _with_source(err: SpecError, source: str) -> SpecError:
     return SpecError(f"{source}: {err}", key=err.key)
 
 
+def _decode(data: bytes, where: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SpecError(f"{where}: not a UTF-8 text file (byte 0x{data[err.start]:02x} on line {line}); "
+                        "save it as UTF-8") from None
+    return text.removeprefix("\ufeff")  # a byte-order mark some editors write
+
+
+def _read(path: Path) -> str:
+    """The text of a sweep file; every way it cannot be read is one SpecError naming the file."""
+    try:
+        if path.is_dir():
+            raise SpecError(f"{path}: is a directory, not a sweep file")
+        if not path.exists():
+            raise SpecError(f"{path}: no such sweep file")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise SpecError(f"{path}: not a regular file")
+        data = path.read_bytes()
+    except OSError as err:  # permission denied, I/O error
+        raise SpecError(f"{path}: cannot read the sweep file ({err.strerror or err})") from None
+    return _decode(data, str(path))
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Read, override and validate a sweep file ("-": standard input); raise SpecError on any problem."""
     if str(path) == "-":
-        path, text = Path("<stdin>"), sys.stdin.read()
+        path = Path("<stdin>")
+        buffer = getattr(sys.stdin, "buffer", None)
+        text = _decode(buffer.read(), str(path)) if buffer is not None else sys.stdin.read()
     else:
         path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"{path}: no such sweep file")
-        text = path.read_text()
+        text = _read(path)
     raw = _parse_yaml(text, str(path))
+    if raw is None:
+        raise SpecError(f"{path}: the file is empty; a sweep file is a YAML mapping with a `name` key")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a sweep file must be a YAML mapping with a `name` key")
     for assignment in overrides or []:

@@ -1,9 +1,14 @@
-"""Grid expansion, derived values and run ids."""
+"""Grid expansion, derived values, run ids and the size limit."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
-from phasemap.grid import axis_values, expand, run_id
+from phasemap.grid import DEFAULT_MAX_CONFIGS, axis_values, check_size, count, expand, run_id
 from phasemap.spec import SpecError, parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_axis_kinds():
@@ -97,11 +102,95 @@ GOLDEN_ID = "bce7a0b08d8cbfd55618ebe6715047d2"
 
 
 def test_every_shipped_sweep_file_is_valid():
-    from pathlib import Path
-
     from phasemap.spec import load_spec
 
-    files = sorted((Path(__file__).resolve().parents[1] / "sweeps").rglob("*.yaml"))
+    files = sorted((REPO / "sweeps").rglob("*.yaml"))
     assert len(files) >= 4
     for path in files:
         assert expand(load_spec(path)), path
+
+
+@pytest.fixture
+def no_big_arrays(monkeypatch):
+    """Make building a long logspace/linspace fail the test at once instead of filling memory."""
+    for name in ("geomspace", "linspace"):
+        real = getattr(np, name)
+
+        def guarded(lo, hi, n=50, *args, _real=real, **kwargs):
+            assert n <= 100, f"built an axis of {n} values"
+            return _real(lo, hi, n, *args, **kwargs)
+
+        monkeypatch.setattr(np, name, guarded)
+
+
+def test_count_reads_sizes_from_the_axis_definitions(tiny, no_big_arrays):
+    spec = parse_spec(tiny(grid={"gamma": {"logspace": [1e-4, 1, 10**9]}, "seed": {"range": [5, 10**12]},
+                                 "lr": {"linspace": [0.01, 0.1, 7]}, "width": [4, 8, 16]}))
+    assert count(spec) == 10**9 * (10**12 - 5) * 7 * 3  # exact: Python ints, no overflow
+    assert count(parse_spec(tiny(grid={}))) == 1
+
+
+def test_count_checks_the_axis_form(tiny):
+    with pytest.raises(SpecError, match="grid.gamma: logspace takes"):
+        count(parse_spec(tiny(grid={"gamma": {"logspace": [1e-4, 1]}})))
+    with pytest.raises(SpecError, match="grid.seed: range"):
+        count(parse_spec(tiny(grid={"seed": {"range": [5, 2]}})))
+
+
+def test_a_grid_over_the_limit_is_refused_before_any_axis_is_built(tiny, no_big_arrays):
+    spec = parse_spec(tiny(grid={"gamma": {"logspace": [1e-4, 1, 1000]}, "seed": {"range": 1_000_000}}))
+    with pytest.raises(SpecError) as err:
+        expand(spec)
+    assert str(err.value) == ("grid: 1,000,000,000 configs (gamma 1,000 x seed 1,000,000) exceed the limit "
+                              "of 10,000,000; pass --max-configs to raise it")
+    assert err.value.key == "grid"
+    assert DEFAULT_MAX_CONFIGS == 10_000_000
+
+
+def test_one_axis_longer_than_the_limit_is_refused_before_it_is_built(tiny, no_big_arrays):
+    spec = parse_spec(tiny(grid={"gamma": {"logspace": [1e-4, 1, 10**9]}}))
+    with pytest.raises(SpecError, match=r"1,000,000,000 configs \(gamma 1,000,000,000\)"):
+        expand(spec)
+    with pytest.raises(SpecError, match="exceed the limit of 999"):
+        expand(parse_spec(tiny(grid={"seed": {"range": 1000}})), max_configs=999)
+
+
+def test_max_configs_is_the_largest_size_allowed(tiny):
+    spec = parse_spec(tiny(grid={"gamma": [0.0, 0.1, 0.2], "seed": {"range": 4}}))
+    assert len(expand(spec, max_configs=12)) == 12
+    assert len(expand(spec, max_configs=None)) == 12
+    assert check_size(spec, 12) == 12
+    with pytest.raises(SpecError, match="12 configs .* limit of 11"):
+        expand(spec, max_configs=11)
+    with pytest.raises(SpecError, match="max-configs: must be a positive integer"):
+        check_size(spec, 0)
+
+
+@pytest.mark.parametrize("axis", [[8, 10_000_000], {"linspace": [8, 10_000_000, 2]}])
+def test_an_axis_value_above_a_key_limit_is_refused(tiny, axis):
+    with pytest.raises(SpecError, match=r"grid.width: value 10000000(\.0)?: must be at most 100,000"):
+        expand(parse_spec(tiny(grid={"width": axis})))
+
+
+@pytest.mark.parametrize("key,value", [("steps", 2 * 10**9), ("seed", 2**63), ("depth", 101), ("n_train", 10**9)])
+def test_grid_values_of_other_keys_are_bounded_too(tiny, key, value):
+    with pytest.raises(SpecError, match=f"grid.{key}: value {value}: must be at most"):
+        expand(parse_spec(tiny(grid={key: [value]})))
+
+
+def test_no_shipped_file_cites_a_file_outside_the_repository():
+    # Sweep comments and docstrings must stand alone: the notes they once cited are not shipped.
+    outside = ("SCIENCE" + ".md", "../" + "shared", "paper" + ".txt")
+    files = [*(REPO / "sweeps").rglob("*.yaml"), *(REPO / "sweeps").rglob("*.md"),
+             *(REPO / "phasemap").rglob("*.py"), *(REPO / "tests").rglob("*.py")]
+    assert len(files) > 20
+    cited = [f"{path.relative_to(REPO)}: {word}" for path in files for word in outside
+             if word in path.read_text(encoding="utf-8")]
+    assert cited == []
+
+
+def test_validation_readme_covers_every_validation_sweep():
+    readme = (REPO / "sweeps" / "validation" / "README.md").read_text(encoding="utf-8")
+    for sweep in (REPO / "sweeps" / "validation").glob("*.yaml"):
+        assert f"`{sweep.name}`" in readme, sweep.name
+        assert "sweeps/validation/README.md, result" in sweep.read_text(encoding="utf-8"), sweep.name
