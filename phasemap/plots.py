@@ -3,11 +3,15 @@
     plot("results/quickstart", kind="phase", x="gamma", y="temperature", color="n_distinct",
          out="phase.png")
 
-Kinds: `phase` (heat map over two axes colored by a metric or by symmetry class, critical
-points overlaid, optional facets over a third axis), `scaling` (log-log runs, transition points,
-the fitted bound and its bootstrap band), `width` (metric against width, one line per gamma),
-`loss` (train and test loss along an axis). Axes whose grid spans more than a factor 10 are
-drawn on log scales.
+Kinds: `phase` (heat map over two axes colored by a metric, or by the modal symmetry class with
+the seeds' agreement shown, critical points with their CIs overlaid, optional facets over a third
+axis), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
+bootstrap band), `width` (metric against width, one line per gamma), `loss` (train and test loss
+along an axis). Default axes are the swept knobs, never columns derived from them (batch_size
+along temperature); the default metric is `analysis.default_metric`. Diverged and failed runs
+are never averaged in silently: they are counted in the title and marked where they happened,
+and a value where fewer than half of the seeds finished is not drawn. Axes whose grid spans more
+than a factor 10 are drawn on log scales, and every axis ends at the data's extent.
 """
 
 from __future__ import annotations
@@ -17,18 +21,23 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from phasemap.analysis import AnalysisError, _frame, _use_log, critical, scaling_fit, varying_axes
+from phasemap import store
+from phasemap.analysis import (MIN_SEED_SHARE, OK, SEED, AnalysisError, critical, default_metric, frame,
+                               independent_axes, require_columns, scaling_fit, source, use_log)
 
 LABELS = {
     "gamma": "γ (weight decay)", "temperature": "T = η/S", "sigma": "σ (noise)", "width": "width",
     "teacher_rank": "teacher rank", "lr": "η (learning rate)", "batch_size": "S (batch size)",
-    "n_distinct": "m (distinct neurons)", "n_dead": "dead neurons", "n_dos": "N_dos", "n_dosb": "N_dosb",
-    "weight_rank": "rank of W_D⋯W_1", "rep_rank": "representation rank", "symmetry_class": "symmetry class",
-    "train_loss": "train loss", "test_loss": "test loss", "input_scale": "input scale", "depth": "depth",
+    "n_distinct": "m (distinct neurons)", "n_dead": "dead neurons", "n_dos": r"$N_\mathrm{dos}$",
+    "n_dosb": r"$N_\mathrm{dosb}$", "weight_rank": r"rank of $W_D \cdots W_1$", "rep_rank": "representation rank",
+    "symmetry_class": "symmetry class", "train_loss": "train loss", "test_loss": "test loss",
+    "input_scale": "input scale", "depth": "depth",
 }
 KINDS = ("phase", "scaling", "width", "loss")
 MAX_LINES = 7    # lines in a width plot
 MAX_CLASSES = 9  # the most frequent symmetry classes get their own color, the rest are "other"
+MAX_COUNTS = 300  # cells up to which a phase plot writes the agreement count into each cell
+DIVERGED = {"marker": "x", "color": "#d62728", "ms": 6, "mew": 1.6, "ls": "none"}
 
 
 def label(name: str) -> str:
@@ -36,78 +45,165 @@ def label(name: str) -> str:
 
 
 def _edges(values: np.ndarray, log: bool) -> np.ndarray:
-    """Cell edges around sorted grid values (geometric midpoints on log axes)."""
+    """Cell edges around sorted grid values (geometric midpoints on log axes); the outer edges
+    are the first and last values, so cells never reach beyond the data."""
     v = np.log(values) if log else values.astype(float)
     if len(v) == 1:
-        mids = np.array([v[0] - 0.5, v[0] + 0.5])
+        pad = 0.1 * abs(v[0]) if v[0] else 0.5
+        lo = v[0] - pad if log or v[0] - pad >= 0 or v[0] < 0 else 0.0
+        mids = np.array([lo, v[0] + pad])
     else:
-        inner = (v[1:] + v[:-1]) / 2
-        mids = np.concatenate([[v[0] - (inner[0] - v[0])], inner, [v[-1] + (v[-1] - inner[-1])]])
+        mids = np.concatenate([[v[0]], (v[1:] + v[:-1]) / 2, [v[-1]]])
     return np.exp(mids) if log else mids
 
 
-def phase_data(results, x: str, y: str, color: str, facet: str | None = None) -> dict:
-    """Cells {x, y[, facet], value} (seed-mean of a metric, or the most common symmetry class)
-    and the critical points of the metric along x for each y."""
-    frame = _frame(results)
-    for col in (x, y, color) + ((facet,) if facet else ()):
-        if col not in frame.columns:
-            raise AnalysisError(f"{col!r} is not a column of these results")
+def _excluded_title(n_runs: int, n_diverged: int, n_failed: int) -> str:
+    parts = [f"{k} of {n_runs} runs {what}" for k, what in ((n_diverged, "diverged"), (n_failed, "failed")) if k]
+    return (", ".join(parts) + ", not in the means") if parts else ""
+
+
+def _run_counts(value: str | None = None) -> list[pl.Expr]:
+    """Per group: all runs, runs usable (ok with a value), diverged and failed runs."""
+    used = pl.col("status") == OK
+    if value is not None:
+        used = used & pl.col(value).is_not_null()
+    return [pl.len().alias("n"), used.sum().alias("n_ok"), (pl.col("status") == "diverged").sum().alias("n_diverged"),
+            (pl.col("status") == "failed").sum().alias("n_failed")]
+
+
+def _check_color(schema: pl.Schema, color: str) -> bool:
+    """Whether the color column is categorical (a class); raises for a column that is neither."""
+    if color not in schema.names():
+        raise AnalysisError(f"color {color!r} is not a column of these results")
+    if schema[color] == pl.String:
+        if color != "symmetry_class" and color in store.RESULT_TYPES:
+            raise AnalysisError(f"color {color!r} is not a metric; use a numeric metric or symmetry_class")
+        return True
+    require_columns(schema, color)
+    return False
+
+
+def _modal(data: pl.DataFrame, keys: list[str], color: str) -> pl.DataFrame:
+    """Per cell the most common class; ties go to the class most common in the whole sweep, then
+    alphabetical. `agreement` is the share of the cell's runs in that class."""
+    used = data.filter((pl.col("status") == OK) & pl.col(color).is_not_null())
+    overall = used[color].value_counts(name="overall")
+    counts = (used.group_by([*keys, color]).len("n_modal").join(overall, on=color)
+              .sort([*keys, "n_modal", "overall", color], descending=[False] * len(keys) + [True, True, False]))
+    modal = counts.group_by(keys, maintain_order=True).first().rename({color: "value"}).drop("overall")
+    total = used.group_by(keys).len("n_used")
+    return modal.join(total, on=keys).with_columns((pl.col("n_modal") / pl.col("n_used")).alias("agreement"))
+
+
+def phase_data(results, x: str, y: str, color: str, facet: str | None = None,
+               min_seed_share: float = MIN_SEED_SHARE) -> dict:
+    """Cells {x, y[, facet], value, n, n_ok, n_diverged, n_failed} (seed-mean of a metric, or the
+    modal symmetry class with its `agreement`), the critical points of the metric along x for
+    each y, and the run counts. A cell where fewer than `min_seed_share` of the runs finished ok
+    has value null."""
+    data = frame(results, ok_only=False)
+    require_columns(data.schema, None, (x, y))
+    if facet in (SEED, x, y) or (facet and facet not in data.columns):
+        raise AnalysisError(f"facet {facet!r} must be a column other than seed and the two axes")
+    categorical = _check_color(data.schema, color)
     keys = [x, y] + ([facet] if facet else [])
-    categorical = frame.schema[color] == pl.String
+    counts = data.group_by(keys).agg(_run_counts(color))
     if categorical:
-        cells = (frame.group_by(keys).agg(pl.col(color).mode().sort().first().alias("value")).sort(keys))
-        top = frame[color].value_counts(sort=True)[color].head(MAX_CLASSES).to_list()
-        cells = cells.with_columns(pl.when(pl.col("value").is_in(top)).then(pl.col("value"))
-                                   .otherwise(pl.lit("other")).alias("value"))
+        modal = _modal(data, keys, color)
+        top = data[color].drop_nulls().value_counts(sort=True)[color].head(MAX_CLASSES).to_list()
+        cells = counts.join(modal, on=keys, how="left").with_columns(
+            pl.when(pl.col("value").is_in(top) | pl.col("value").is_null()).then(pl.col("value"))
+            .otherwise(pl.lit("other")).alias("value"))
         lines = None
     else:
-        cells = frame.group_by(keys).agg(pl.col(color).cast(pl.Float64).mean().alias("value")).sort(keys)
+        used = (pl.col("status") == OK) & pl.col(color).is_not_null()
+        means = data.group_by(keys).agg(pl.col(color).cast(pl.Float64).filter(used).mean().alias("value"))
+        cells = counts.join(means, on=keys)
         by = [y] + ([facet] if facet else [])
-        lines = critical(frame, color, x, by=by, n_boot=50)
+        lines = critical(data, color, x, by=by, n_boot=50, min_seed_share=min_seed_share)
+    cells = cells.with_columns(pl.when(pl.col("n_ok") >= min_seed_share * pl.col("n")).then(pl.col("value"))
+                               .otherwise(None).alias("value")).sort(keys)
     return {"cells": cells, "critical": lines, "x": x, "y": y, "color": color, "facet": facet,
-            "categorical": categorical,
-            "log_x": _use_log(frame[x].unique().to_numpy().astype(float)),
-            "log_y": _use_log(frame[y].unique().to_numpy().astype(float))}
+            "categorical": categorical, "n_runs": data.height,
+            "n_diverged": int((data["status"] == "diverged").sum()), "n_failed": int((data["status"] == "failed").sum()),
+            "log_x": use_log(data[x].unique().to_numpy().astype(float)),
+            "log_y": use_log(data[y].unique().to_numpy().astype(float))}
 
 
-def scaling_data(results, metric: str, axis: str = "gamma", method: str = "transitions") -> dict:
-    """Runs, transition points, the fitted bound and a 95% band over bootstrap fits."""
-    frame, beta, c, (xs, ys), fits = scaling_fit(results, metric, axis, method)
-    grid = np.geomspace(frame[axis].min(), frame[axis].max(), 100)
-    curves = np.array([cb * grid ** (-b) for b, cb in fits]) if fits else np.array([c * grid ** (-beta)])
-    return {"runs": frame.select(axis, metric, *(["width"] if "width" in frame.columns else [])),
-            "points": (xs, ys), "beta": beta, "C": c, "grid": grid, "fit": c * grid ** (-beta),
+def scaling_data(results, metric: str | None = None, axis: str = "gamma", method: str = "transitions") -> dict:
+    """Runs, transition points with their CIs, the fitted bound and a 95% band over bootstrap fits."""
+    fit = scaling_fit(results, metric, axis, method)
+    runs = fit.runs
+    grid = np.geomspace(runs[axis].min(), runs[axis].max(), 100)
+    curves = (np.array([cb * grid ** (-b) for b, cb in fit.fits]) if len(fit.fits)
+              else np.array([fit.C * grid ** (-fit.beta)]))
+    return {"runs": runs.select(axis, fit.metric, *(["width"] if "width" in runs.columns else [])),
+            "points": (fit.points[:, 0], fit.points[:, 1]), "points_ci": fit.points_ci,
+            "unresolved": fit.unresolved, "beta": fit.beta, "C": fit.C, "grid": grid, "fit": fit.C * grid ** (-fit.beta),
             "band": (np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)),
-            "metric": metric, "axis": axis}
+            "metric": fit.metric, "axis": axis, "n_runs": runs.height + fit.n_excluded, "n_excluded": fit.n_excluded}
 
 
-def width_data(results, metric: str, axis: str = "gamma") -> pl.DataFrame:
-    """Seed-mean metric (and standard error) for each width and axis value."""
-    frame = _frame(results)
-    if "width" not in varying_axes(frame):
+def width_data(results, metric: str, axis: str = "gamma", min_seed_share: float = MIN_SEED_SHARE) -> pl.DataFrame:
+    """Seed-mean metric (and standard error) over ok runs for each width and axis value, with the
+    run counts; null where fewer than `min_seed_share` of the runs finished."""
+    data = frame(results, ok_only=False)
+    require_columns(data.schema, metric, (axis,))
+    if "width" not in data.columns or data["width"].n_unique() < 2:
         raise AnalysisError("width takes a single value in these results; sweep width to see saturation")
-    return (frame.group_by("width", axis)
-            .agg(pl.col(metric).cast(pl.Float64).mean().alias("mean"),
-                 (pl.col(metric).cast(pl.Float64).std() / pl.len().sqrt()).fill_null(0.0).alias("sem"))
+    used = (pl.col("status") == OK) & pl.col(metric).is_not_null()
+    value = pl.col(metric).cast(pl.Float64).filter(used)
+    return (data.group_by("width", axis)
+            .agg(value.mean().alias("mean"), (value.std() / used.sum().sqrt()).fill_null(0.0).alias("sem"),
+                 *_run_counts(metric))
+            .with_columns(pl.when(pl.col("n_ok") >= min_seed_share * pl.col("n")).then(pl.col("mean"))
+                          .otherwise(None).alias("mean"))
             .sort(axis, "width"))
 
 
-def loss_data(results, x: str, hue: str | None = None) -> pl.DataFrame:
-    """Seed-mean train and test loss along x (one series per hue value)."""
-    frame = _frame(results)
+def loss_data(results, x: str, hue: str | None = None, min_seed_share: float = MIN_SEED_SHARE) -> pl.DataFrame:
+    """Train and test loss along x (one series per hue value), averaged over the runs that finished
+    ok, with the counts n, n_ok, n_diverged, n_failed; null where fewer than `min_seed_share` of
+    the runs finished (a mean over one survivor of four is not the loss at that value)."""
+    data = frame(results, ok_only=False)
+    require_columns(data.schema, None, (x,) + ((hue,) if hue else ()))
     keys = [x] + ([hue] if hue else [])
-    return (frame.group_by(keys).agg(pl.col("train_loss").mean(), pl.col("test_loss").mean()).sort(keys))
+    ok = pl.col("status") == OK
+    enough = pl.col("n_ok") >= min_seed_share * pl.col("n")
+    return (data.group_by(keys)
+            .agg(pl.col("train_loss").filter(ok).mean(), pl.col("test_loss").filter(ok).mean(), *_run_counts())
+            .with_columns(pl.when(enough).then(pl.col(c)).otherwise(None) for c in ("train_loss", "test_loss"))
+            .sort(keys))
 
 
-def _scale(ax, which: str, log: bool) -> None:
-    """Log or linear scale; on log axes only the decades are labelled."""
-    from matplotlib.ticker import NullFormatter
+def _log_ticks(lo: float, hi: float) -> np.ndarray:
+    """At least three readable ticks in [lo, hi]: 1-2-5 multiples, or finer, or rounded points."""
+    decades = 10.0 ** np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+    for subs in ((1, 2, 5), (1, 2, 3, 5), tuple(range(1, 10))):
+        ticks = np.array([m * d for d in decades for m in subs])
+        ticks = ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
+        if len(ticks) >= 3:
+            return ticks
+    return np.array([float(f"{v:.2g}") for v in np.geomspace(lo, hi, 4)])
 
+
+def _scale(ax, which: str, log: bool, values) -> None:
+    """Log or linear scale with limits at the data's extent; a log axis spanning less than a
+    decade gets several plainly labelled ticks instead of one lone decade (or none)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    values = np.asarray(values, dtype=float)
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log" if log else "linear")
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi > lo:
+        (ax.set_xlim if which == "x" else ax.set_ylim)(lo, hi)
     if log:
         axis.set_minor_formatter(NullFormatter())
+        if hi / lo < 10:
+            axis.set_major_locator(FixedLocator(_log_ticks(lo, hi)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_locator(NullLocator())
 
 
 def _style():
@@ -122,67 +218,116 @@ def _style():
     return plt, sns
 
 
+def _outlined(width: float = 2.2):
+    from matplotlib import patheffects
+
+    return [patheffects.withStroke(linewidth=width, foreground="black")]
+
+
+def _draw_critical(ax, crit: pl.DataFrame, y: str, handles: dict) -> None:
+    """Resolved points with horizontal CI bars, unresolved brackets as segments."""
+    resolved = crit.filter(pl.col("resolved"))
+    for (f, t), line in resolved.group_by(["from", "to"], maintain_order=True):
+        line = line.sort(y)
+        xs, ys = line["critical"].to_numpy(), line[y].to_numpy()
+        err = np.vstack([xs - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - xs])
+        bars = ax.errorbar(xs, ys, xerr=err, fmt="o-" if line.height >= 3 else "o", color="white", ms=3.5,
+                           lw=1.0, mec="black", mew=0.5, ecolor="white", elinewidth=1.0, capsize=1.5)
+        for part in bars.lines[2]:
+            part.set_path_effects(_outlined())
+        handles.setdefault("critical points (95% CI)", bars)
+    unresolved = crit.filter(~pl.col("resolved") & pl.col("critical").is_not_null())
+    for row in unresolved.iter_rows(named=True):
+        (seg,) = ax.plot([row["ci_low"], row["ci_high"]], [row[y], row[y]], "|-", color="#ff7f0e", lw=2.0,
+                         ms=8, mew=2.0)
+        handles.setdefault("unresolved: several levels in one grid step", seg)
+
+
+def _draw_cells_categorical(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, colors, handles) -> None:
+    from matplotlib.patches import Rectangle
+
+    write = part.height <= MAX_COUNTS
+    for row in part.filter(pl.col("value").is_not_null()).iter_rows(named=True):
+        i, j = xi[row[data["x"]]], yi[row[data["y"]]]
+        agree = row["agreement"]
+        rect = Rectangle((xe[i], ye[j]), xe[i + 1] - xe[i], ye[j + 1] - ye[j], facecolor=colors[row["value"]],
+                         alpha=0.3 + 0.7 * agree, hatch="///" if agree < 1 else None, edgecolor="white", lw=0.3)
+        ax.add_patch(rect)
+        if agree < 1:
+            handles.setdefault("seeds disagree: hatched, faded by the share in the class",
+                               Rectangle((0, 0), 1, 1, facecolor="0.6", alpha=0.5, hatch="///", edgecolor="white"))
+            if write:
+                ax.annotate(f"{row['n_modal']}/{row['n_used']}", (row[data["x"]], row[data["y"]]), ha="center",
+                            va="center", fontsize=5, color="black")
+
+
 def draw_phase(data: dict):
     plt, sns = _style()
-    cells, facet = data["cells"], data["facet"]
+    cells, facet, x, y = data["cells"], data["facet"], data["x"], data["y"]
     panels = cells[facet].unique().sort().to_list() if facet else [None]
     ncols = min(len(panels), 4)
     nrows = -(-len(panels) // ncols)
-    fig, grid_axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.2, 3.6 * nrows), squeeze=False,
+    fig, grid_axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 2.4, 3.6 * nrows + 0.3), squeeze=False,
                                   sharex=True, sharey=True, constrained_layout=True)
     flat = list(grid_axes.flat)
     for unused in flat[len(panels):]:
         unused.set_visible(False)
-    axes = [flat[:len(panels)]]
-    xs_all = cells[data["x"]].unique().sort().to_numpy()
-    ys_all = cells[data["y"]].unique().sort().to_numpy()
+    xs_all = cells[x].unique().sort().to_numpy()
+    ys_all = cells[y].unique().sort().to_numpy()
+    xe, ye = _edges(xs_all, data["log_x"]), _edges(ys_all, data["log_y"])
+    xi = {v: i for i, v in enumerate(xs_all)}
+    yi = {v: i for i, v in enumerate(ys_all)}
+    handles: dict = {}
     if data["categorical"]:
-        classes = sorted(cells["value"].unique().to_list(), key=lambda c: (c == "other", c))
-        palette = sns.color_palette("tab10", len(classes))
-        cmap = __import__("matplotlib.colors", fromlist=["ListedColormap"]).ListedColormap(palette)
-    for ax, value in zip(axes[0], panels):
+        classes = sorted(cells["value"].drop_nulls().unique().to_list(), key=lambda c: (c == "other", c))
+        colors = dict(zip(classes, sns.color_palette("tab10", len(classes))))
+    else:
+        finite = cells["value"].drop_nulls()
+        vmin, vmax = (finite.min(), finite.max()) if len(finite) else (0, 1)
+    mesh = None
+    for ax, value in zip(flat, panels):
         part = cells if value is None else cells.filter(pl.col(facet) == value)
-        grid = np.full((len(ys_all), len(xs_all)), np.nan)
-        xi = {v: i for i, v in enumerate(xs_all)}
-        yi = {v: i for i, v in enumerate(ys_all)}
-        for row in part.iter_rows(named=True):
-            code = classes.index(row["value"]) if data["categorical"] else row["value"]
-            grid[yi[row[data["y"]]], xi[row[data["x"]]]] = code
-        mesh = ax.pcolormesh(_edges(xs_all, data["log_x"]), _edges(ys_all, data["log_y"]), grid,
-                             cmap=cmap if data["categorical"] else "viridis",
-                             vmin=-0.5 if data["categorical"] else None,
-                             vmax=len(classes) - 0.5 if data["categorical"] else None, shading="flat")
+        if data["categorical"]:
+            _draw_cells_categorical(ax, part, data, xe, ye, xi, yi, colors, handles)
+        else:
+            grid = np.full((len(ys_all), len(xs_all)), np.nan)
+            for row in part.filter(pl.col("value").is_not_null()).iter_rows(named=True):
+                grid[yi[row[y]], xi[row[x]]] = row["value"]
+            mesh = ax.pcolormesh(xe, ye, grid, cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
+        bad = part.filter((pl.col("n_diverged") + pl.col("n_failed")) > 0)
+        if bad.height:
+            (mark,) = ax.plot(bad[x], bad[y], **DIVERGED)
+            handles.setdefault("cell with diverged/failed runs", mark)
         if data["critical"] is not None and data["critical"].height:
             crit = data["critical"] if value is None else data["critical"].filter(pl.col(facet) == value)
-            transitions = crit.group_by(["from", "to"], maintain_order=True)
-            few = crit.select("from", "to").unique().height <= 6
-            for (f, t), line in transitions:
-                line = line.sort(data["y"])
-                # a line where the boundary is traced over several rows, markers elsewhere
-                style = "o-" if line.height >= 3 else "o"
-                ax.plot(line["critical"], line[data["y"]], style, color="white", ms=3.5, lw=1.2,
-                        markeredgecolor="black", markeredgewidth=0.5)
-                if few:
-                    ax.annotate(f"{f}→{t}", (line["critical"][-1], line[data["y"]][-1]), fontsize=7,
-                                color="white", xytext=(2, 3), textcoords="offset points")
-        _scale(ax, "x", data["log_x"])
-        _scale(ax, "y", data["log_y"] and bool((ys_all > 0).all()))
-        ax.set_xlabel(label(data["x"]))
+            _draw_critical(ax, crit, y, handles)
+        _scale(ax, "x", data["log_x"], xe)
+        _scale(ax, "y", data["log_y"], ye)
+        ax.set_xlabel(label(x))
         if value is not None:
             ax.set_title(f"{label(facet)} = {value:.3g}" if isinstance(value, float) else f"{label(facet)} = {value}")
     for row in grid_axes:
-        row[0].set_ylabel(label(data["y"]))
+        row[0].set_ylabel(label(y))
     if data["categorical"]:
-        handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i]) for i in range(len(classes))]
-        fig.legend(handles, classes, title=label(data["color"]), loc="outside right upper", fontsize=7)
+        from matplotlib.patches import Rectangle
+
+        class_handles = {c: Rectangle((0, 0), 1, 1, color=colors[c]) for c in classes}
+        fig.legend(list(class_handles.values()) + list(handles.values()), classes + list(handles),
+                   title=label(data["color"]) + " (modal over seeds)", loc="outside right upper", fontsize=7)
     else:
-        fig.colorbar(mesh, ax=flat, label=label(data["color"]))
+        fig.colorbar(mesh, ax=flat[:len(panels)], label=label(data["color"]))
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3),
+                       fontsize=7, frameon=False)
+    note = _excluded_title(data["n_runs"], data["n_diverged"], data["n_failed"])
+    if note:
+        fig.suptitle(note, fontsize=9, color=DIVERGED["color"])
     return fig
 
 
 def draw_scaling(data: dict):
     plt, sns = _style()
-    fig, ax = plt.subplots(figsize=(4.8, 3.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5.2, 4.0), constrained_layout=True)
     runs = data["runs"]
     rng = np.random.default_rng(0)
     y = runs[data["metric"]].to_numpy().astype(float)
@@ -190,13 +335,24 @@ def draw_scaling(data: dict):
                color="0.4", label="runs", linewidths=0)
     ax.fill_between(data["grid"], *data["band"], color="C0", alpha=0.2, label="95% band")
     ax.plot(data["grid"], data["fit"], color="C0",
-            label=f"C γ^(−β), β = {data['beta']:.2f}, C = {data['C']:.3g}")
-    ax.plot(*data["points"], "o", color="C3", ms=4, label="transition points")
-    _scale(ax, "x", True)
-    _scale(ax, "y", True)
+            label=rf"$C\gamma^{{-\beta}}$, $\beta$ = {data['beta']:.2f}, $C$ = {data['C']:.3g}")
+    xs, ys = data["points"]
+    ci = data["points_ci"]
+    ax.errorbar(xs, ys, xerr=np.vstack([xs - ci[:, 0], ci[:, 1] - xs]), fmt="o", color="C3", ms=4,
+                elinewidth=1.0, capsize=1.5, label="transition points (95% CI)")
+    for i, r in enumerate(data["unresolved"]):
+        if r["from"] is not None and r["to"] is not None:
+            ax.plot([r["ci_low"], r["ci_high"]], [max(r["from"], r["to"])] * 2, "|-", color="#ff7f0e", lw=2,
+                    ms=7, mew=1.5, label="unresolved (not fitted)" if i == 0 else None)
+    positive = y[y > 0]
+    _scale(ax, "x", True, runs[data["axis"]].to_numpy())
+    _scale(ax, "y", True, np.concatenate([positive, data["band"][0][data["band"][0] > 0], data["band"][1]]))
     ax.set_xlabel(label(data["axis"]))
     ax.set_ylabel(label(data["metric"]))
     ax.legend(fontsize=7, frameon=False)
+    note = _excluded_title(data["n_runs"], data["n_excluded"], 0).replace("diverged", "diverged or failed")
+    if note:
+        ax.set_title(note, fontsize=8, color=DIVERGED["color"])
     return fig
 
 
@@ -211,54 +367,92 @@ def draw_width(data: pl.DataFrame, metric: str, axis: str):
         part = data.filter(pl.col(axis) == value).sort("width")
         ax.errorbar(part["width"], part["mean"], yerr=part["sem"], color=color, marker="o", ms=3,
                     label=f"{value:.3g}" if isinstance(value, float) else str(value))
+    bad = data.filter((pl.col("n_diverged") + pl.col("n_failed")) > 0)
+    if bad.height:
+        widths = bad["width"].unique().to_numpy()
+        ax.plot(widths, np.full(len(widths), 1.0), transform=ax.get_xaxis_transform(), clip_on=False,
+                label="widths with diverged/failed runs", **DIVERGED)
     ax.set_xscale("log", base=2)
+    ax.set_xlim(data["width"].min(), data["width"].max())
     ax.set_xlabel("width")
     ax.set_ylabel(label(metric))
     ax.legend(title=label(axis), fontsize=7, title_fontsize=8, frameon=False, loc="upper left")
+    note = _excluded_title(int(data["n"].sum()), int(data["n_diverged"].sum()), int(data["n_failed"].sum()))
+    if note:
+        ax.set_title(note, fontsize=8, color=DIVERGED["color"])
     return fig
 
 
 def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
     plt, sns = _style()
-    fig, ax = plt.subplots(figsize=(4.8, 3.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5.0, 3.9), constrained_layout=True)
     series = data[hue].unique().sort().to_list() if hue else [None]
     colors = sns.color_palette("rocket", len(series))
     for color, value in zip(colors, series):
         part = data if value is None else data.filter(pl.col(hue) == value)
         name = "" if value is None else f" ({label(hue)} = {value:.3g})" if isinstance(value, float) else f" ({value})"
-        ax.plot(part[x], part["train_loss"], "-", color=color, label="train" + name)
-        ax.plot(part[x], part["test_loss"], "--", color=color, label="test" + name)
-    _scale(ax, "x", _use_log(data[x].to_numpy().astype(float)))
-    _scale(ax, "y", True)
+        shown = part.filter(pl.col("train_loss").is_not_null())
+        ax.plot(shown[x], shown["train_loss"], "o-", ms=3, color=color, label="train" + name)
+        ax.plot(shown[x], shown["test_loss"], "s--", ms=3, color=color, label="test" + name)
+    bad = (data.group_by(x).agg(pl.col("n").sum(), (pl.col("n_diverged") + pl.col("n_failed")).sum().alias("k"))
+           .filter(pl.col("k") > 0).sort(x))
+    if bad.height:   # at the top of the axes, at the x where runs diverged, with their count
+        ax.plot(bad[x], np.full(bad.height, 0.96), transform=ax.get_xaxis_transform(),
+                label="diverged/failed runs (count) — not in the means", **DIVERGED)
+        for row in bad.iter_rows(named=True):
+            ax.annotate(f"{row['k']}/{row['n']}", (row[x], 0.96), xycoords=("data", "axes fraction"),
+                        xytext=(4, -3), textcoords="offset points", fontsize=7, color=DIVERGED["color"])
+    _scale(ax, "x", use_log(data[x].to_numpy().astype(float)), data[x].to_numpy())
+    ax.set_yscale("log")
     ax.set_xlabel(label(x))
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_ylabel("loss (mean over runs that finished)")
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    note = _excluded_title(int(data["n"].sum()), int(data["n_diverged"].sum()), int(data["n_failed"].sum()))
+    if note:
+        ax.set_title(note, fontsize=8, color=DIVERGED["color"])
     return fig
 
 
+def default_axes(results) -> list[str]:
+    """The axes a figure uses when none are given: swept knobs, gamma first, no derived columns."""
+    axes = independent_axes(results)
+    return sorted(axes, key=lambda a: a != "gamma")
+
+
 def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | None = None,
-         color: str | None = None, facet: str | None = None) -> Path:
-    """Compute and draw one figure; the format follows out's suffix (.png, .svg, .pdf)."""
+         color: str | None = None, facet: str | None = None, metric: str | None = None) -> Path:
+    """Compute and draw one figure; the format follows out's suffix (.png, .svg, .pdf).
+
+    `metric` is what the figure measures (phase: the color; `color` is its alias there);
+    by default `analysis.default_metric`.
+    """
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise AnalysisError(f"{out}: the figure must end in .png, .svg or .pdf")
+    if kind not in KINDS:
+        raise AnalysisError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
+    if metric and color and metric != color:
+        raise AnalysisError("give the metric once: --metric and --color name different columns")
+    lazy = source(results)
+    metric = metric or color or (default_metric(lazy) if kind != "loss" else None)
     if kind == "phase":
-        frame = _frame(results)
-        axes = [a for a in varying_axes(frame) if a != "seed"]
-        x = x or ("gamma" if "gamma" in axes else axes[0] if axes else None)
+        axes = default_axes(lazy)
+        x = x or (axes[0] if axes else None)
         y = y or next((a for a in axes if a != x), None)
         if x is None or y is None:
             raise AnalysisError("a phase diagram needs two varying axes (give --x and --y)")
-        fig = draw_phase(phase_data(frame, x, y, color or "n_distinct", facet))
+        fig = draw_phase(phase_data(lazy, x, y, metric, facet))
     elif kind == "scaling":
-        fig = draw_scaling(scaling_data(results, color or "n_distinct", x or "gamma"))
+        fig = draw_scaling(scaling_data(lazy, metric, x or "gamma"))
     elif kind == "width":
-        fig = draw_width(width_data(results, color or "n_distinct", x or "gamma"), color or "n_distinct", x or "gamma")
-    elif kind == "loss":
-        fig = draw_loss(loss_data(results, x or "gamma", y), x or "gamma", y)
+        fig = draw_width(width_data(lazy, metric, x or "gamma"), metric, x or "gamma")
     else:
-        raise AnalysisError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
+        if y == SEED:
+            raise AnalysisError("seed cannot be a series: runs that differ only in seed are pooled")
+        fig = draw_loss(loss_data(lazy, x or "gamma", y), x or "gamma", y)
+    import matplotlib.pyplot as plt
+
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=200)
-    __import__("matplotlib.pyplot", fromlist=["close"]).close(fig)
+    plt.close(fig)
     return out

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from phasemap import store
-from phasemap.analysis import AnalysisError, critical, crossings, scaling
+from phasemap.analysis import AnalysisError, critical, crossings, default_metric, scaling
 from phasemap.cli import app
 from phasemap.grid import expand
 from phasemap.runner import run_chunk
@@ -32,9 +32,11 @@ def rank_table(gammas, spectrum=SPECTRUM, seeds=4, jitter=0.0, **extra) -> pl.Da
 def test_crossings_handles_several_levels_between_neighbours():
     x = np.array([1.0, 2.0, 3.0, 4.0])
     assert crossings(x, np.array([5.0, 2.0, 2.0, 3.0]), log=False) == [
-        (5, 4, pytest.approx(7 / 6)), (4, 3, 1.5), (3, 2, pytest.approx(11 / 6)), (2, 3, 3.5)]
-    # a level met exactly at a grid point is counted once
-    assert crossings(x, np.array([3.0, 2.5, 2.0, 2.0]), log=False) == [(3, 2, 2.0)]
+        (5, 4, pytest.approx(7 / 6), 0, 1), (4, 3, 1.5, 0, 1), (3, 2, pytest.approx(11 / 6), 0, 1), (2, 3, 3.5, 2, 3)]
+    # a mean exactly on a boundary is a point of it; its bracket reaches the grid values either side
+    assert crossings(x, np.array([3.0, 2.5, 2.0, 2.0]), log=False) == [(3, 2, 2.0, 0, 2)]
+    # touching a boundary and coming back crosses nothing
+    assert crossings(x, np.array([2.0, 2.5, 2.0, 2.0]), log=False) == []
 
 
 def test_rank_transitions_are_found_at_the_singular_values():
@@ -44,15 +46,75 @@ def test_rank_transitions_are_found_at_the_singular_values():
     assert np.allclose(table["critical"].to_numpy(), sorted(SPECTRUM), rtol=0.05)
 
 
-def test_coarse_grid_gives_every_level_with_ci_from_seed_jitter():
-    coarse = critical(rank_table(np.geomspace(0.1, 4, 4)), "weight_rank", "gamma")
-    assert coarse.height == 4                       # several levels between two neighbours
+def test_ci_covers_the_grid_interval_even_when_seeds_agree():
+    gammas = np.geomspace(0.1, 4, 12)
+    table = critical(rank_table(gammas), "weight_rank", "gamma")
+    assert table["resolved"].all() and table.height == 4
+    for row, s in zip(table.iter_rows(named=True), sorted(SPECTRUM)):
+        # the bracketing grid values, not a zero-width interval off the exact answer
+        assert row["ci_low"] <= s <= row["ci_high"]
+        inside = gammas[(gammas >= row["ci_low"]) & (gammas <= row["ci_high"])]
+        assert len(inside) == 2 and row["ci_low"] <= row["critical"] <= row["ci_high"]
+
+
+def test_two_seeds_tied_on_a_boundary_get_the_neighbours_as_ci():
+    # seed 0 drops 1 -> 0 at 0.25, seed 1 at 0.15: the mean is 0.5 (on the boundary) at gamma 0.2
+    rows = [{"gamma": g, "seed": seed, "weight_rank": int(g < s)}
+            for seed, s in enumerate([0.25, 0.15]) for g in (0.1, 0.2, 0.3, 0.4)]
+    (row,) = critical(pl.DataFrame(rows), "weight_rank", "gamma").iter_rows(named=True)
+    assert (row["from"], row["to"], row["critical"]) == (1, 0, 0.2)
+    assert row["ci_low"] <= 0.1 and row["ci_high"] >= 0.3 and row["resolved"]
+
+
+def test_several_levels_between_neighbours_are_one_unresolved_row():
+    gammas = np.geomspace(0.1, 4, 4)                # ranks 4, 3, 1, 0: 3 -> 1 in one step
+    table = critical(rank_table(gammas), "weight_rank", "gamma")
+    assert table.select("from", "to", "resolved").rows() == [(4, 3, True), (3, 1, False), (1, 0, True)]
+    unresolved = table.row(1, named=True)
+    assert (unresolved["ci_low"], unresolved["ci_high"]) == pytest.approx((gammas[1], gammas[2]))
+    assert unresolved["critical"] == pytest.approx(np.sqrt(gammas[1] * gammas[2]))   # log axis
     jittered = critical(rank_table(np.geomspace(0.1, 4, 60), seeds=16, jitter=0.1), "weight_rank", "gamma")
-    assert jittered.height == 4
+    assert jittered.height == 4 and jittered["resolved"].all()
     for row in jittered.iter_rows(named=True):
         assert row["ci_low"] <= row["critical"] <= row["ci_high"]
-        assert row["ci_high"] > row["ci_low"]
-        assert row["n_runs"] == 16 * 60
+        assert row["n_runs"] == 16 * 60 and row["n_excluded"] == 0
+
+
+def with_diverged(table: pl.DataFrame, gamma: float, seeds: list[int], value=None) -> pl.DataFrame:
+    """Mark these seeds diverged at this gamma (metric null) and give the others `value`."""
+    at = pl.col("gamma") == gamma
+    hit = at & pl.col("seed").is_in(seeds)
+    return table.with_columns(
+        pl.when(hit).then(pl.lit("diverged")).otherwise(pl.lit("ok")).alias("status"),
+        pl.when(hit).then(None).when(at & (value is not None)).then(value)
+        .otherwise(pl.col("weight_rank")).alias("weight_rank"))
+
+
+def test_a_level_seen_by_one_survivor_is_not_a_boundary():
+    gammas = [float(g) for g in np.geomspace(0.1, 4, 24)]
+    odd = gammas[5]                                  # rank 4 here; 3 of 4 seeds diverge, the survivor says 0
+    table = critical(with_diverged(rank_table(gammas), odd, [0, 1, 2], value=0), "weight_rank", "gamma")
+    assert table.select("from", "to").rows() == [(4, 3), (3, 2), (2, 1), (1, 0)]
+    assert (table["n_excluded"] == 3).all() and (table["n_runs"] == 4 * 24 - 3).all()
+    # with a lower share the survivor counts, and its level appears
+    loose = critical(with_diverged(rank_table(gammas), odd, [0, 1, 2], value=0), "weight_rank", "gamma",
+                     min_seed_share=0.25)
+    assert 0 in loose["from"].to_list()                # back up from the survivor's 0
+
+
+def test_diverged_grid_values_inside_a_bracket_or_at_the_end_are_reported():
+    gammas = [float(g) for g in np.geomspace(0.1, 4, 24)]
+    s3 = next(g for g in gammas if g > 0.5)          # the first gamma past the 3 -> 2 drop at 0.5
+    frame = with_diverged(rank_table(gammas), s3, [0, 1, 2])
+    last = gammas[-1]
+    frame = pl.concat([frame.filter(pl.col("gamma") != last),
+                       with_diverged(rank_table(gammas), last, [0, 1, 2, 3]).filter(pl.col("gamma") == last)])
+    table = critical(frame, "weight_rank", "gamma")
+    drop = table.filter(pl.col("from") == 3).row(0, named=True)
+    assert drop["ci_low"] < s3 < drop["ci_high"] and "1/4 seeds ok, not used" in drop["note"]
+    gap = table.filter(pl.col("critical").is_null()).row(0, named=True)
+    assert not gap["resolved"] and gap["ci_high"] == last and "0/4 seeds ok" in gap["note"]
+    assert (table["n_excluded"] == 7).all()
 
 
 def test_groups_are_the_other_axes():
@@ -71,10 +133,35 @@ def test_power_law_scaling_exponent():
     out = scaling(frame, metric="weight_rank", axis="gamma")
     assert out["beta"] == pytest.approx(1 / alpha, rel=0.1)
     assert out["C"] == pytest.approx(c ** (1 / alpha), rel=0.2)
-    assert out["violations"] == 0
+    assert out["violations"] == 0 and out["n_excluded"] == 0
     assert out["beta_ci"][0] <= out["beta"] <= out["beta_ci"][1]
     quantile = scaling(frame, metric="weight_rank", axis="gamma", method="quantile")
     assert quantile["beta"] == pytest.approx(1 / alpha, rel=0.25)
+
+
+def test_scaling_ci_carries_the_grid_uncertainty():
+    # seeds agree, so a seed-only bootstrap has zero width; the exact beta, C must still be inside
+    c, alpha = 4.0, 0.5
+    frame = rank_table(np.geomspace(0.3, 4.5, 40), spectrum=[c * i ** -alpha for i in range(1, 201)], seeds=2)
+    out = scaling(frame, metric="weight_rank")
+    assert out["beta_ci"][0] < 1 / alpha < out["beta_ci"][1]
+    assert out["C_ci"][0] < c ** (1 / alpha) < out["C_ci"][1]
+    # only resolved single-level drops are fitted; the others are listed
+    assert out["unresolved"] and all(r["from"] - r["to"] > 1 for r in out["unresolved"])
+    assert all(lo <= x <= hi for (x, _), (lo, hi) in zip(out["points"], out["points_ci"]))
+
+
+def test_scaling_needs_two_resolved_transitions():
+    with pytest.raises(AnalysisError, match=r"1 resolved .*unresolved: 3->0 .*denser gamma grid"):
+        scaling(rank_table([0.1, 0.3, 3.0]), metric="weight_rank")       # ranks 4, 3, 0
+
+
+def test_default_metric_is_weight_rank_for_linear_students():
+    table = rank_table(np.geomspace(0.3, 4.5, 40), spectrum=[4 * i ** -0.5 for i in range(1, 201)])
+    linear = table.with_columns(pl.lit("linear").alias("activation"), n_distinct=pl.lit(3))
+    assert default_metric(linear) == "weight_rank"
+    assert default_metric(linear.with_columns(pl.lit("tanh").alias("activation"))) == "n_distinct"
+    assert scaling(linear)["metric"] == "weight_rank"
 
 
 def test_width_saturation():
@@ -147,3 +234,26 @@ def test_synthetic_benchmark_data_has_the_built_in_exponent(tmp_path):
     found = critical(path, "weight_rank", "gamma")
     assert set(found.columns) >= {"temperature", "sigma"} and found.height > 100
     assert scaling(path, "n_distinct", "gamma")["beta"] == pytest.approx(0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("command,message", [
+    (["critical", "--metric", "symmetry_class", "--axis", "gamma"], "'symmetry_class' is not numeric"),
+    (["critical", "--metric", "status", "--axis", "gamma"], "'status' is not numeric"),
+    (["critical", "--metric", "weight_rank", "--axis", "seed"], "seed cannot be an axis"),
+    (["critical", "--metric", "weight_rank", "--axis", "gamma", "--by", "sigmaa"], "'sigmaa' (by)"),
+    (["critical", "--metric", "rank", "--axis", "gamma"], "metric 'rank' is not a column"),
+    (["scaling", "--metric", "symmetry_class"], "'symmetry_class' is not numeric"),
+    (["scaling", "--metric", "weight_rank", "--axis", "seed"], "seed cannot be an axis"),
+])
+def test_analysis_input_errors_are_one_line(linear_results, command, message):
+    result = CliRunner().invoke(app, [command[0], str(linear_results), *command[1:]])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_scaling_command_defaults_to_weight_rank_for_linear_students(linear_results):
+    result = CliRunner().invoke(app, ["scaling", str(linear_results), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["metric"] == "weight_rank" and out["n_excluded"] == 0

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from phasemap.analysis import AnalysisError
 from phasemap.cli import app
-from phasemap.plots import loss_data, phase_data, plot, scaling_data, width_data
+from phasemap.plots import (LABELS, _edges, default_axes, draw_loss, draw_phase, draw_scaling, loss_data,
+                            phase_data, plot, scaling_data, width_data)
 
 SPECTRUM = [2.0, 1.0, 0.5, 0.25]
 
@@ -41,11 +42,23 @@ def test_phase_data_by_symmetry_class_takes_the_most_common_class(frame):
     data = phase_data(frame, "gamma", "sigma", "symmetry_class")
     assert data["categorical"] and data["critical"] is None
     low = data["cells"].filter((pl.col("sigma") == 0.0) & (pl.col("gamma") == pl.col("gamma").min()))
-    assert low["value"].to_list() == ["4x1|d0"]
+    assert low["value"].to_list() == ["4x1|d0"] and low["agreement"].to_list() == [1.0]
+
+
+def test_class_map_shows_agreement_and_breaks_ties_by_overall_frequency():
+    rows = [{"gamma": g, "sigma": 0.0, "seed": s, "symmetry_class": c}
+            for g, classes in ((0.1, "bba"), (1.0, "ab"), (10.0, "bbb"))
+            for s, c in enumerate(classes)]
+    cells = phase_data(pl.DataFrame(rows + [{**r, "sigma": 1.0} for r in rows]), "gamma", "sigma",
+                       "symmetry_class")["cells"].filter(pl.col("sigma") == 0.0).sort("gamma")
+    # a 1-1 tie goes to b, the class most common over the sweep, not to the alphabetically first
+    assert cells["value"].to_list() == ["b", "b", "b"]
+    assert cells["agreement"].to_list() == pytest.approx([2 / 3, 1 / 2, 1.0])
+    assert cells["n_modal"].to_list() == [2, 1, 3]
 
 
 def test_scaling_and_width_and_loss_data(frame):
-    data = scaling_data(frame.filter(pl.col("sigma") == 0.0), "weight_rank")
+    data = scaling_data(frame.filter((pl.col("sigma") == 0.0) & (pl.col("width") == 32)), "weight_rank")
     low, high = data["band"]
     assert (low <= data["fit"] + 1e-9).all() and (data["fit"] <= high + 1e-9).all()
     widths = width_data(frame, "n_distinct")
@@ -58,7 +71,8 @@ def test_scaling_and_width_and_loss_data(frame):
 @pytest.mark.parametrize("kind,options,suffix", [
     ("phase", {"x": "gamma", "y": "sigma", "color": "weight_rank"}, ".png"),
     ("phase", {"x": "gamma", "y": "sigma", "color": "symmetry_class", "facet": "width"}, ".svg"),
-    ("scaling", {"color": "weight_rank"}, ".pdf"),
+    ("scaling", {"metric": "weight_rank"}, ".pdf"),
+    ("scaling", {"color": "weight_rank"}, ".png"),
     ("width", {"color": "n_distinct"}, ".png"),
     ("loss", {"x": "gamma", "y": "sigma"}, ".png"),
 ])
@@ -77,3 +91,107 @@ def test_bad_requests_are_clear_errors(tmp_path, frame):
         width_data(frame.filter(pl.col("width") == 8), "n_distinct")
     result = CliRunner().invoke(app, ["plot", str(tmp_path), "--kind", "phase", "-o", str(tmp_path / "f.png")])
     assert result.exit_code == 2 and "no phasemap results" in result.output
+
+
+def quickstart_like() -> pl.DataFrame:
+    """gamma x temperature x seeds with lr held, so batch_size = lr / temperature (full batch at T = 0)."""
+    rows = []
+    for gamma in np.geomspace(1e-4, 1e-1, 6):
+        for temperature, batch_size in ((0.0, 200), (0.005, 20)):
+            for seed in range(4):
+                m = int(np.clip(3 - np.log10(gamma) - 1 + (seed == 0), 1, 16))
+                rows.append({"batch_size": batch_size, "gamma": float(gamma), "lr": 0.1, "seed": seed,
+                             "temperature": temperature, "temperature_effective": 0.1 / batch_size,
+                             "activation": "tanh", "n_distinct": m, "weight_rank": 1, "status": "ok"})
+    return pl.DataFrame(rows)
+
+
+def test_default_axes_are_the_swept_knobs_not_derived_columns():
+    runs = quickstart_like()
+    assert default_axes(runs) == ["gamma", "temperature"]
+    fig = draw_phase(phase_data(runs, *default_axes(runs), "n_distinct"))
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "T = η/S"
+    # cells end at the data: no axis runs past the grid (a batch size axis once reached below 0)
+    assert ax.get_ylim() == pytest.approx((0.0, 0.005)) and ax.get_xlim() == pytest.approx((1e-4, 1e-1))
+    assert (_edges(np.array([0.0, 0.005]), log=False) >= 0).all()
+
+
+def test_legends_name_every_overlay_and_log_axes_under_a_decade_have_labels(frame):
+    fig = draw_phase(phase_data(frame, "gamma", "sigma", "weight_rank"))
+    texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "critical points (95% CI)" in texts
+    linear = frame.filter((pl.col("sigma") == 0.0) & (pl.col("width") == 32) & (pl.col("gamma") < 1.2)
+                          & (pl.col("gamma") > 0.2))
+    fig = draw_scaling(scaling_data(linear, "weight_rank"))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    assert high / low < 10
+    shown = [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high and t.get_text()]
+    assert len(shown) >= 3
+    assert "transition points (95% CI)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_labels_use_math_text_for_subscripts():
+    for text in LABELS.values():
+        outside_math = text.split("$")[::2]
+        assert not any("_" in part for part in outside_math), text
+
+
+def test_scaling_plot_defaults_to_weight_rank_for_linear_students(frame):
+    linear = frame.filter((pl.col("sigma") == 0.0) & (pl.col("width") == 32)).with_columns(
+        pl.lit("linear").alias("activation"))
+    assert scaling_data(linear)["metric"] == "weight_rank"
+
+
+def lr_sweep() -> pl.DataFrame:
+    """4 seeds over lr; at lr = 5 three seeds diverge (the survivor has a low loss); at 50 all do."""
+    rows = []
+    for lr in (0.01, 0.1, 1.0, 5.0, 50.0):
+        for seed in range(4):
+            diverged = lr == 50.0 or (lr == 5.0 and seed < 3)
+            loss = None if diverged else (0.001 if lr == 5.0 else 1.0 / (1 + lr))
+            rows.append({"lr": lr, "seed": seed, "status": "diverged" if diverged else "ok",
+                         "train_loss": loss, "test_loss": None if loss is None else 2 * loss})
+    return pl.DataFrame(rows)
+
+
+def test_loss_plot_shows_diverged_runs_and_never_a_survivor_mean():
+    data = loss_data(lr_sweep(), "lr")
+    assert data["lr"].to_list() == [0.01, 0.1, 1.0, 5.0, 50.0]       # lr = 50 is not dropped
+    assert data.filter(pl.col("lr") >= 5)["train_loss"].to_list() == [None, None]
+    assert data["n_diverged"].to_list() == [0, 0, 0, 3, 4]
+    fig = draw_loss(data, "lr", None)
+    ax = fig.axes[0]
+    assert ax.get_title() == "7 of 20 runs diverged, not in the means"
+    assert any("diverged" in t.get_text() for t in ax.get_legend().get_texts())
+    assert {t.get_text() for t in ax.texts} == {"3/4", "4/4"}
+
+
+def test_phase_plot_marks_cells_with_diverged_runs():
+    runs = pl.concat([lr_sweep().with_columns(pl.lit(g).alias("gamma")) for g in (0.01, 0.1)]).with_columns(
+        pl.when(pl.col("status") == "ok").then(pl.lit(2)).otherwise(None).alias("n_distinct"))
+    data = phase_data(runs, "lr", "gamma", "n_distinct")
+    cells = data["cells"].filter(pl.col("gamma") == 0.01).sort("lr")
+    assert cells["value"].to_list() == [2.0, 2.0, 2.0, None, None]   # one survivor of four is not a cell value
+    fig = draw_phase(data)
+    assert fig._suptitle.get_text() == "14 of 40 runs diverged, not in the means"
+    texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "cell with diverged/failed runs" in texts
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--y", "seed"], "seed cannot be an axis"),
+    (["--color", "status"], "'status' is not a metric"),
+    (["--x", "gama"], "axis 'gama' is not a column"),
+    (["--kind", "scaling", "--metric", "symmetry_class"], "'symmetry_class' is not numeric"),
+    (["--kind", "width", "--metric", "symmetry_class"], "'symmetry_class' is not numeric"),
+    (["--kind", "loss", "--y", "seed"], "seed cannot be"),
+])
+def test_plot_input_errors_are_one_line(tmp_path, frame, options, message):
+    frame.write_parquet(tmp_path / "runs.parquet")
+    result = CliRunner().invoke(app, ["plot", str(tmp_path), *options, "-o", str(tmp_path / "f.png")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
