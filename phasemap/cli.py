@@ -161,12 +161,15 @@ def critical(
     metric: str = typer.Option(..., "--metric", help="e.g. weight_rank, n_distinct, n_dead."),
     axis: str = typer.Option(..., "--axis", help="e.g. gamma, temperature, sigma."),
     by: Optional[str] = typer.Option(None, "--by", help="Comma-separated group columns (default: the other axes)."),
+    min_seed_share: float = typer.Option(0.5, "--min-seed-share", min=0.0, max=1.0,
+                                         help="Grid values where fewer seeds finished ok locate no boundary."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
 ) -> None:
-    """Critical points: where the metric changes level along an axis, with bootstrap CIs over seeds."""
+    """Critical points: where the metric changes level along an axis; CIs cover the grid step and the seeds."""
     from phasemap.analysis import critical as find
 
-    table = _analysis_call(find, results, metric, axis, by=by.split(",") if by else None)
+    table = _analysis_call(find, results, metric, axis, by=by.split(",") if by else None,
+                           min_seed_share=min_seed_share)
     if as_json:
         sys.stdout.write(json.dumps(table.to_dicts(), indent=2) + "\n")
         return
@@ -177,23 +180,27 @@ def critical(
 
     view = Table(*table.columns)
     for row in table.iter_rows():
-        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else "—" if v is None else escape(str(v)) for v in row))
     console.print(view)
 
 
 @app.command()
 def scaling(
     results: str = typer.Argument(..., help="Results folder or URI."),
-    metric: str = typer.Option("n_distinct", "--metric"),
+    metric: Optional[str] = typer.Option(None, "--metric",
+                                         help="Default: weight_rank for linear students, else n_distinct."),
     axis: str = typer.Option("gamma", "--axis"),
     method: str = typer.Option("transitions", "--method", help="transitions or quantile."),
     quantile: float = typer.Option(0.9, "--quantile", min=0.0, max=1.0),
+    min_seed_share: float = typer.Option(0.5, "--min-seed-share", min=0.0, max=1.0,
+                                         help="Grid values where fewer seeds finished ok are not used."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fit the bound metric <= C * axis^(-beta); count violations; test saturation in width."""
     from phasemap.analysis import scaling as fit
 
-    out = _analysis_call(fit, results, metric, axis, method=method, quantile=quantile)
+    out = _analysis_call(fit, results, metric, axis, method=method, quantile=quantile, min_seed_share=min_seed_share)
+    metric = out["metric"]
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
@@ -201,6 +208,13 @@ def scaling(
                   f"[{out['beta_ci'][0]:.3f}, {out['beta_ci'][1]:.3f}], C = {out['C']:.3g} "
                   f"[{out['C_ci'][0]:.3g}, {out['C_ci'][1]:.3g}] ({out['method']}, {len(out['points'])} points); "
                   f"{out['violations']} of {out['n_runs']} runs above the bound", highlight=False)
+    if out["n_excluded"]:
+        console.print(f"{out['n_excluded']} diverged or failed runs not used", highlight=False)
+    if out["unresolved"]:
+        console.print(escape("not fitted (unresolved: several levels in one grid step, or too few seeds ok; a "
+                             "denser grid or more seeds resolve them): " + "; ".join(
+                                 f"{r['from']}->{r['to']} in [{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+                                 for r in out["unresolved"])), highlight=False)
     sat = out["width_saturation"]
     if sat:
         console.print(f"width {sat['widths'][0]} -> {sat['widths'][1]}: max relative growth "
@@ -213,14 +227,16 @@ def plot(
     kind: str = typer.Option("phase", "--kind", help="phase, scaling, width or loss."),
     x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma)."),
     y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), or the series (loss)."),
-    color: Optional[str] = typer.Option(None, "--color", help="Metric or symmetry_class (default: n_distinct)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="What the figure measures (default: weight_rank "
+                                         "for linear students, else n_distinct); phase also takes symmetry_class."),
+    color: Optional[str] = typer.Option(None, "--color", help="Alias of --metric for the phase diagram's color."),
     facet: Optional[str] = typer.Option(None, "--facet", help="A third axis: one panel per value (phase)."),
     out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
 ) -> None:
     """Draw a phase diagram, a scaling plot, a width-saturation plot or loss curves."""
     from phasemap.plots import plot as draw
 
-    path = _analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet)
+    path = _analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet, metric=metric)
     console.print(f"wrote {path}")
 
 
