@@ -8,26 +8,58 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from phasemap.grid import DEFAULT_MAX_CONFIGS
 from phasemap.spec import SpecError, load_spec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Phase diagrams of parameter-symmetry breaking and restoration.")
-err_console = Console(stderr=True)
-console = Console()
+DEVICES = ("auto", "cpu", "cuda")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _console(stderr: bool) -> Console:
+    """Rich output on a terminal; piped into a file or a program, plain full-length lines (no
+    wrapping, no ellipses, no colour)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=100_000, soft_wrap=True, no_color=True, highlight=False)
+
+
+err_console = _console(stderr=True)
+console = _console(stderr=False)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an error.")) -> None:
+    _STATE["debug"] = debug
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _check_device(device: str, choices: tuple[str, ...] = DEVICES, local: bool = True) -> None:
+    """Refuse an unknown device, and cuda where torch sees no GPU (only if the run is local)."""
+    if device not in choices:
+        _fail(f"--device: {device!r} is not one of {', '.join(choices)}")
+    if device == "cuda" and local:
+        import torch
+        if not torch.cuda.is_available():
+            _fail("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU); "
+                  "see the README's GPU note")
 
 
 class _RunsPerSecond(TextColumn):
@@ -38,6 +70,10 @@ class _RunsPerSecond(TextColumn):
         # The overall rate: progress arrives a chunk at a time, so a windowed rate would jump.
         elapsed = task.finished_time if task.finished else task.elapsed
         return f"{task.completed / elapsed:.1f} runs/s" if elapsed and task.completed else "- runs/s"
+
+
+_MAX_CONFIGS = typer.Option(DEFAULT_MAX_CONFIGS, "--max-configs", min=1,
+                            help="Refuse a sweep with more configs than this (a guard against typos in the grid).")
 
 
 @app.command()
@@ -51,38 +87,32 @@ def run(
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.0),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Fractions share a GPU."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the embedded Ray (default: all)."),
+    max_configs: int = _MAX_CONFIGS,
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and count configs; train nothing."),
 ) -> None:
-    """Run a sweep: train every config not yet in the results folder, one Parquet row each."""
-    from phasemap.grid import expand
+    """Run a sweep: train every config not yet in the results folder, one Parquet row each.
 
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device: {device!r} is not one of auto, cpu, cuda")
-    if device == "cuda" and not address:
-        import torch
-        if not torch.cuda.is_available():
-            _fail("--device cuda: torch sees no CUDA device here (a CPU build of torch, or no GPU); "
-                  "see the README's GPU note")
+    Exit codes: 0 when every config of the sweep is in the results folder; 1 when some are
+    missing (failed chunks, an unwritable location); 2 for bad input; 130/143 when stopped by
+    SIGINT/SIGTERM (finished chunks are kept: run the same command again to finish).
+    """
+    from phasemap.plan import pending
+    from phasemap.store import StoreError
+
+    _check_device(device, local=not address)
     try:
         sweep = load_spec(spec, set_)
+        out_dir = out or str(Path("results") / sweep.name)
+        if dry_run:
+            todo = pending(sweep, out_dir, max_configs)
+            console.print(f"{sweep.name}: {todo.total} configs, {todo.done} already in {out_dir}, "
+                          f"{len(todo.configs)} to run")
+            return
     except SpecError as err:
         _fail(str(err))
-    out_dir = out or str(Path("results") / sweep.name)
-    if dry_run:
-        from phasemap import store
-        try:
-            configs = expand(sweep)
-        except SpecError as err:
-            _fail(f"{spec}: {err}")
-        try:
-            done = store.run_ids(out_dir)
-        except store.StoreError as err:
-            _fail(str(err), 1)
-        todo = sum(c["run_id"] not in done for c in configs)
-        console.print(f"{sweep.name}: {len(configs)} configs, {len(configs) - todo} already in {out_dir}, {todo} to run")
-        return
-    from phasemap.executor import ClusterConnectError, run_sweep
-    from phasemap.store import StoreError
+    except StoreError as err:
+        _fail(str(err), 1)
+    from phasemap.executor import ClusterConnectError, ResourceError, SweepInterrupted, run_sweep
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("runs"), _RunsPerSecond(), TimeElapsedColumn(), TextColumn("ETA"),
@@ -98,27 +128,52 @@ def run(
 
     try:
         summary = run_sweep(sweep, out_dir, chunk=chunk, address=address, device=device,
-                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                            num_cpus=num_cpus, on_start=on_start, on_runs=on_runs)
-    except SpecError as err:  # a grid point that does not resolve; raised before anything is written
-        _fail(f"{spec}: {err}")
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus,
+                            max_configs=max_configs, on_start=on_start, on_runs=on_runs)
+    except (SpecError, ResourceError) as err:   # raised before anything is written
+        _fail(str(err))
     except (StoreError, ClusterConnectError) as err:
         _fail(str(err), 1)
+    except SweepInterrupted as err:
+        progress.stop()
+        _stopped(sweep, out_dir, err.signum, max_configs)
     finally:
         progress.stop()
-    if summary.runs == 0 and summary.skipped == summary.total and not summary.failed_trials:
-        console.print(f"{sweep.name}: all {summary.total} configs already in {out_dir}; nothing to run")
+    _report(sweep.name, out_dir, summary)
+
+
+def _stopped(sweep, out_dir: str, signum: int, max_configs: int) -> NoReturn:
+    """After a run cut short by a signal: what is on disk now, and the shell's exit code for it."""
+    from phasemap.plan import pending
+
+    todo = pending(sweep, out_dir, max_configs)
+    _fail(f"{sweep.name}: stopped by {signal.Signals(signum).name}; {todo.done} of {todo.total} configs are "
+          f"in {out_dir}, {len(todo.configs)} missing; run the same command again to finish", 128 + signum)
+
+
+def _report(name: str, out_dir: str, summary) -> None:
+    """Print what a run wrote and what the folder holds now; exit non-zero unless the sweep is complete."""
+    if summary.runs == 0 and summary.skipped == summary.total and summary.complete:
+        console.print(f"{name}: all {summary.total} configs already in {out_dir}; nothing to run")
         return
-    counts = ", ".join(f"{v} {k}" for k, v in summary.written.items())
+    on_disk = f"{summary.total - summary.missing} of {summary.total} configs are in {out_dir}, {summary.missing} missing"
+    if summary.interrupted is not None:   # what the trials reported so far undercounts: say what is on disk
+        _fail(f"{name}: stopped by {signal.Signals(summary.interrupted).name}; {on_disk}; "
+              "run the same command again to finish", 128 + summary.interrupted)
+    counts = ", ".join(f"{v} {k}" for k, v in summary.written.items()) or "none"
     rate = summary.runs / summary.seconds if summary.seconds else 0.0
-    console.print(f"{sweep.name}: wrote {summary.runs} rows ({counts}) to {out_dir} in {summary.seconds:.1f} s "
+    console.print(f"{name}: wrote {summary.runs} rows ({counts}) to {out_dir} in {summary.seconds:.1f} s "
                   f"({rate:.1f} runs/s); {summary.skipped} were already there")
     if summary.compacted:
         console.print(f"{summary.compacted} superseded rows (failed before, finished now) removed")
+    if summary.fatal:
+        _fail(f"{summary.fatal} (not retried: trying again cannot fix this); {on_disk}", 1)
     if summary.failed_trials:
         reasons = "; ".join(sorted(set(summary.errors)))
-        _fail(f"{summary.failed_trials} chunk(s) failed after retries ({reasons}); run the same command "
-              "again to retry the missing configs", 1)
+        _fail(f"{summary.failed_trials} chunk(s) failed after retries ({reasons}); {on_disk}; run the same "
+              "command again to retry the missing configs", 1)
+    if summary.missing:
+        _fail(f"{on_disk}; run the same command again to retry them", 1)
 
 
 @app.command()
@@ -419,8 +474,57 @@ def stop(job: str = typer.Argument(..., help="Job id printed by submit."),
     console.print(f"{job}: " + ("stop requested" if stopped else "had already ended"))
 
 
-def main() -> None:
-    app()
+def _user_error_code(err: Exception) -> int | None:
+    """2 for bad input, 1 for a location or cluster that failed us, None for a bug."""
+    from phasemap.analysis import AnalysisError
+    from phasemap.executor import ClusterConnectError, ResourceError
+    from phasemap.jobs import ClusterError
+    from phasemap.store import StoreError
+    from phasemap.summary import ResultsError
+
+    if isinstance(err, (SpecError, AnalysisError, ResultsError, ResourceError)):
+        return 2
+    if isinstance(err, (StoreError, ClusterError, ClusterConnectError, OSError)):
+        return 1
+    return None
+
+
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """phasemap's own warnings (a damaged file skipped, ...) as one line on stderr."""
+    if category.__module__.startswith("phasemap"):
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: every error a user can cause is one line and an exit code, never a
+    traceback (`phasemap --debug ...` shows it)."""
+    import click
+
+    warnings.showwarning = _show_warning
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.ClickException as err:       # usage: unknown option, bad value, missing argument
+        err.show()
+        code = err.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        err_console.print("[bold red]error:[/] interrupted", highlight=False)
+        code = 130
+    except Exception as err:                  # noqa: BLE001 - the last line of defence
+        if _STATE["debug"]:
+            raise
+        code = _user_error_code(err)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if code is None:
+            code = 1
+            reason = (f"internal error: {type(err).__name__}: {reason} (a bug in phasemap: please report it; "
+                      "`phasemap --debug ...` shows the traceback)")
+        err_console.print(f"[bold red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

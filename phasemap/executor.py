@@ -5,53 +5,68 @@ Configs whose run_id is already in the results folder are skipped, so the same c
 resumes an interrupted sweep and a grown grid runs only its new points. Trials write their
 own Parquet files; the driver only counts, so thousands of configs make tens of trials.
 
+SIGINT or SIGTERM during a run asks Tune to stop: finished chunks stay on disk, the running
+ones are dropped, Ray is shut down, and the summary says which signal ended the run and how
+many configs are still missing (a second signal stops at once).
+
     summary = run_sweep(load_spec("sweeps/quickstart.yaml"), "results/quickstart")
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-# Per-trial CSV/JSON/TensorBoard loggers would write files per trial for nothing.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# A token given through RAY_AUTH_TOKEN(_PATH) means the cluster to join uses token
-# authentication; Ray reads the mode once, when it is imported.
-if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+from phasemap import store
+from phasemap.grid import DEFAULT_MAX_CONFIGS
+from phasemap.plan import missing, pending, plan_chunks
+from phasemap.spec import SweepSpec
 
-import ray  # noqa: E402 (after the environment it reads)
-from ray import tune  # noqa: E402
+__all__ = ["ClusterConnectError", "ResourceError", "Summary", "SweepInterrupted", "init_ray", "plan_chunks",
+           "run_sweep"]
 
-from phasemap import store  # noqa: E402
-from phasemap.grid import expand  # noqa: E402
-from phasemap.shapes import shape_order  # noqa: E402
-from phasemap.spec import SweepSpec  # noqa: E402
-
-TRIALS_PER_SLOT = 4      # enough trials to balance load and show progress, few enough to stay cheap
-MAX_CHUNK = 1024
+CONNECT_TIMEOUT_S = 5.0     # a Ray head that does not answer a TCP + HTTP/2 hello in this time is not there
+NODE_WAIT_S = 60.0          # on a cluster, how long to wait for a node that can hold one trial to join
 
 
 class ClusterConnectError(RuntimeError):
     """`address` names no reachable Ray cluster (or one that refused us)."""
 
 
+class ResourceError(ValueError):
+    """A trial asks for resources that no node of the cluster has: it would wait forever."""
+
+
+class SweepInterrupted(Exception):
+    """A second SIGINT/SIGTERM: stop now, without waiting for Tune to wind down."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @dataclass
 class Summary:
-    """What a run did: configs in the sweep, skipped as done, and rows written by status."""
+    """What a run did, and what the results folder holds for this sweep now (read from disk)."""
 
     total: int
     skipped: int
     written: dict[str, int] = field(default_factory=dict)
     failed_trials: int = 0
     errors: list[str] = field(default_factory=list)   # why trials failed after their retries
+    fatal: str | None = None                          # an error no retry can fix (no space, no permission)
+    interrupted: int | None = None                    # the signal that stopped the run
+    missing: int = 0                                  # configs not finished in out_dir after the run
     compacted: int = 0                                # duplicate rows removed (retried failures)
     chunks: int = 0
     seconds: float = 0.0
@@ -61,19 +76,19 @@ class Summary:
     def runs(self) -> int:
         return sum(self.written.values())
 
-
-def plan_chunks(configs: list[dict], chunk: int | None, slots: int) -> list[list[dict]]:
-    """Split configs into chunks of equal shape where possible (sorted by shape, then grid order)."""
-    if not configs:
-        return []
-    size = chunk or min(MAX_CHUNK, max(1, math.ceil(len(configs) / (slots * TRIALS_PER_SLOT))))
-    ordered = sorted(configs, key=shape_order)
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.interrupted is None and self.fatal is None and not self.failed_trials
 
 
 def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, device: str, threads: int) -> None:
-    """A Ray Tune trainable: train one chunk, write its file, report the row count."""
+    """A Ray Tune trainable: train one chunk, write its file, report the row count.
+
+    A write that no retry can fix (no space, no permission) is reported, not raised, so that
+    Tune does not train the chunk again; the driver then stops the sweep.
+    """
     import torch
+    from ray import tune
 
     from phasemap.runner import run_chunk
 
@@ -81,26 +96,81 @@ def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, dev
     rows = run_chunk(chunks[config["chunk"]], device)
     for row in rows:
         row["sweep"] = sweep
-    store.write_rows(rows, out_dir)   # a StoreError fails the trial; Tune retries it
+    try:
+        store.write_rows(rows, out_dir)
+    except store.StoreError as err:
+        if err.retryable:
+            raise               # Tune retries the trial
+        tune.report({"runs": 0, "fatal": str(err)})
+        return
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     tune.report({"runs": len(rows), **{f"rows_{k}": v for k, v in counts.items()}})
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+def _quiet_tune() -> None:
+    """Tune's per-trial loggers write files for nothing; its new console output is not used."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # run_sweep handles SIGINT itself (and forwards it to Tune), SIGTERM too.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # A token given through RAY_AUTH_TOKEN(_PATH) means the cluster to join uses token authentication.
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise ClusterConnectError unless something at HOST:PORT answers like a Ray head (gRPC, HTTP/2).
+
+    ray.init retries an absent or foreign address for minutes; this answers in seconds.
+    "auto" (the cluster this node belongs to) is left to Ray.
+    """
+    target = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port_text = target.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ClusterConnectError(f"--address {address}: expected HOST:PORT, e.g. 127.0.0.1:6379") from None
+    why = None
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout) as conn:
+            if not address.startswith("ray://"):   # Ray Client speaks gRPC too, but lazily
+                conn.settimeout(timeout)
+                conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                frame = conn.recv(9)
+                if len(frame) < 9 or frame[3] != 0x04:   # a server's first frame is SETTINGS
+                    why = "something answers there, but not a Ray head (no gRPC)"
+    except socket.timeout:
+        why = f"no answer within {timeout:g} s"
+    except OSError as err:
+        why = err.strerror or str(err)
+    if why:
+        raise ClusterConnectError(_connect_message(address, why))
+
+
+def _connect_message(address: str, why: str) -> str:
+    return (f"cannot connect to the Ray cluster at {address} ({why}): is it running, and is this machine "
+            "allowed to reach it? A cluster with token authentication (RAY_AUTH_MODE=token) also needs "
+            "its token here: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Start an embedded Ray (or join `address`); return True if this call started it."""
+    _quiet_tune()
+    import ray
+
     if ray.is_initialized():
         return False
     common = dict(logging_level="ERROR", log_to_driver=False, configure_logging=True)
     if address:
+        probe(address)
         try:
             ray.init(address=address, **common)
         except ConnectionError as err:
-            raise ClusterConnectError(
-                f"cannot connect to the Ray cluster at {address}: is it running, and is this machine "
-                "allowed to reach it? A cluster with token authentication (RAY_AUTH_MODE=token) also needs "
-                "its token here: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from err
+            raise ClusterConnectError(_connect_message(address, str(err).splitlines()[0])) from err
     else:
         # "local": always a new embedded instance, even where another Ray left its address behind.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
@@ -108,81 +178,202 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-# Tune pickles its run config (callbacks included) to disk; the listener, which may hold a
-# live progress bar, stays in this table and the callback carries only its key.
-_LISTENERS: dict[int, Callable[[int], None]] = {}
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, wait: float) -> int:
+    """Refuse a trial size that no alive node can hold (after waiting `wait` s for nodes to join);
+    return how many trials fit at once."""
+    import ray
+
+    if cpus_per_trial <= 0:
+        raise ResourceError(f"--cpus-per-trial {cpus_per_trial:g}: a trial needs a positive share of a CPU")
+    deadline = time.monotonic() + wait
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        slots = sum(int(min(r.get("CPU", 0) // cpus_per_trial,
+                            r.get("GPU", 0) // gpus_per_trial if gpus_per_trial else float("inf")))
+                    for r in nodes)
+        if slots or time.monotonic() >= deadline:
+            break
+        time.sleep(2)
+    if slots:
+        return slots
+    cpus = max((r.get("CPU", 0) for r in nodes), default=0)
+    gpus = sum(r.get("GPU", 0) for r in nodes)
+    if gpus_per_trial and not gpus:
+        raise ResourceError(f"--gpus-per-trial {gpus_per_trial:g}: this Ray cluster has no GPU "
+                            "(give --gpus-per-trial 0 to train on CPUs)")
+    biggest_gpu = max((r.get("GPU", 0) for r in nodes), default=0)
+    if gpus_per_trial > biggest_gpu:
+        raise ResourceError(f"--gpus-per-trial {gpus_per_trial:g}: no node has that many GPUs "
+                            f"(the largest has {biggest_gpu:g}); use a fraction, e.g. 0.25, to share one")
+    raise ResourceError(f"--cpus-per-trial {cpus_per_trial:g}: no node has that many CPUs "
+                        f"(the largest has {cpus:g})" + (" next to the GPUs asked for" if gpus_per_trial else ""))
 
 
-class _Progress(tune.Callback):
-    """Forwards each finished chunk's row count to a listener in the driver."""
+# Tune pickles its run config to disk; what the driver's hooks need (a live progress bar, the
+# fatal error) stays in this table and the stopper carries only its key.
+_WATCHED: dict[int, dict] = {}
 
-    def __init__(self, on_runs: Callable[[int], None]):
-        self.key = id(on_runs)
-        _LISTENERS[self.key] = on_runs
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        listener = _LISTENERS.get(self.key)
-        if listener is not None:
-            listener(int(result.get("runs", 0)))
+def _watch_result(key: int, trial_id: str, result: dict) -> None:
+    state = _WATCHED.get(key)
+    # Tune may consult a stopper more than once for one result: count each result once.
+    if state is None or (trial_id, result.get("training_iteration")) in state["seen"]:
+        return
+    state["seen"].add((trial_id, result.get("training_iteration")))
+    if state["on_runs"] and result.get("runs"):
+        state["on_runs"](int(result["runs"]))
+    if result.get("fatal") and state["fatal"] is None:
+        state["fatal"] = result["fatal"]
+
+
+def _watch_stop_all(key: int) -> bool:
+    state = _WATCHED.get(key, {})
+    return bool(state.get("fatal") or state.get("signal"))
+
+
+def _stopper(key: int):
+    """A Tune stopper that forwards row counts to the driver and ends the sweep on a fatal error
+    or a signal. (Its methods reach the state through module functions, which pickle by name.)"""
+    from ray.tune.stopper import Stopper
+
+    class Watch(Stopper):
+        def __call__(self, trial_id, result) -> bool:
+            _watch_result(key, trial_id, result)
+            return False
+
+        def stop_all(self) -> bool:
+            return _watch_stop_all(key)
+
+    return Watch()
+
+
+@contextmanager
+def _signals(state: dict) -> Iterator[Callable[[], None]]:
+    """Route SIGINT and SIGTERM to a graceful stop (the first) or an immediate one (the second).
+
+    Yields `arm`, which installs the handlers again: ray.init replaces the SIGTERM handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None   # only the main thread may install handlers (a notebook's worker thread)
+        return
+
+    def handle(signum, frame):
+        if state.get("signal"):
+            raise SweepInterrupted(state["signal"])
+        state["signal"] = signum
+        if not state.get("tuning"):       # before Tune runs there is nothing to wind down
+            raise SweepInterrupted(signum)
+        tune_stop = signal.getsignal(signal.SIGUSR1)   # Tune's own "stop the experiment" handler
+        if callable(tune_stop):
+            tune_stop(signum, frame)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def arm() -> None:
+        for s in previous:
+            signal.signal(s, handle)
+
+    arm()
+    try:
+        yield arm
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _tune_logs_quiet() -> Iterator[None]:
+    """Tune logs every failed attempt with its traceback; the summary reports each error once."""
+    logger = logging.getLogger("ray.tune")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None, address: str | None = None,
               device: str = "auto", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-              num_cpus: int | None = None, max_failures: int = 2,
+              num_cpus: int | None = None, max_failures: int = 2, max_configs: int = DEFAULT_MAX_CONFIGS,
               on_start: Callable[[int, int], None] | None = None,
               on_runs: Callable[[int], None] | None = None) -> Summary:
-    """Run every config of `spec` not yet in `out_dir`; return what was written.
+    """Run every config of `spec` not yet in `out_dir`; return what was written and what is missing.
 
     on_start(total_to_run, already_done) and on_runs(n) let a caller drive a progress bar.
+    Raises SweepInterrupted when a second signal cuts the run short (Ray is shut down first).
     """
     started = time.perf_counter()
-    configs = expand(spec)
-    out_dir = store.normalize(out_dir)
-    done = store.run_ids(out_dir)
-    todo = [c for c in configs if c["run_id"] not in done]
-    summary = Summary(total=len(configs), skipped=len(configs) - len(todo), out_dir=out_dir)
-    if not todo:
+    if cpus_per_trial <= 0:
+        raise ResourceError(f"--cpus-per-trial {cpus_per_trial:g}: a trial needs a positive share of a CPU")
+    todo = pending(spec, str(out_dir), max_configs, set_aside=True)
+    out_dir = todo.out_dir
+    summary = Summary(total=todo.total, skipped=todo.done, out_dir=out_dir)
+    if not todo.configs:
         summary.compacted = store.compact(out_dir)
         return summary
     store.check_writable(out_dir)     # before Ray starts: a clear error and nothing trained
-    own_ray = _init_ray(address, num_cpus)
+    state: dict = {"on_runs": on_runs, "fatal": None, "signal": None, "tuning": False, "seen": set()}
+    key = id(state)
+    _WATCHED[key] = state
     tmp = tempfile.mkdtemp(prefix="phasemap-tune-")
-    try:
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial))
-        chunks = plan_chunks(todo, chunk, slots)
-        summary.chunks = len(chunks)
-        if on_start:
-            on_start(len(todo), summary.skipped)
-        trainable = tune.with_parameters(
-            _trial, chunks=chunks, out_dir=out_dir, sweep=spec.name,
-            device=device, threads=max(1, int(cpus_per_trial)))
-        resources = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space={"chunk": tune.grid_search(list(range(len(chunks))))},
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=tmp, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                callbacks=[_Progress(on_runs)] if on_runs else None),
-        )
-        grid = tuner.fit()
-        for result in grid:
-            if result.error is not None:   # still failing after max_failures retries
-                summary.failed_trials += 1
-                summary.errors.append(_first_line(result.error))
-                continue
-            for key, value in result.metrics.items():
-                if key.startswith("rows_") and isinstance(value, int):
-                    summary.written[key[5:]] = summary.written.get(key[5:], 0) + value
-    finally:
-        _LISTENERS.pop(id(on_runs), None)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if own_ray:
-            ray.shutdown()
+    own_ray = False
+    with _signals(state) as arm:
+        try:
+            own_ray = init_ray(address, num_cpus)
+            arm()
+            slots = check_resources(cpus_per_trial, gpus_per_trial, NODE_WAIT_S if address else 0)
+            _tune(spec, todo.configs, out_dir, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
+                  cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_failures=max_failures,
+                  on_start=on_start)
+        finally:
+            _WATCHED.pop(key, None)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if own_ray:
+                import ray
+
+                ray.shutdown()
+    summary.fatal, summary.interrupted = state["fatal"], state["signal"]
     summary.compacted = store.compact(out_dir)
+    summary.missing = len(missing(todo.configs, out_dir))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _tune(spec: SweepSpec, configs: list[dict], out_dir: str, summary: Summary, state: dict, key: int, tmp: str,
+          *, chunk, slots, device, cpus_per_trial, gpus_per_trial, max_failures, on_start) -> None:
+    """Train `configs` as one Tune experiment, one trial per chunk; fill the summary's counts."""
+    from ray import tune
+
+    chunks = plan_chunks(configs, chunk, slots)
+    summary.chunks = len(chunks)
+    if on_start:
+        on_start(len(configs), summary.skipped)
+    trainable = tune.with_parameters(
+        _trial, chunks=chunks, out_dir=out_dir, sweep=spec.name,
+        device=device, threads=max(1, int(cpus_per_trial)))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+        param_space={"chunk": tune.grid_search(list(range(len(chunks))))},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=tmp, verbose=0, stop=_stopper(key),
+            failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )
+    state["tuning"] = True
+    try:
+        with _tune_logs_quiet():
+            grid = tuner.fit()
+    finally:
+        state["tuning"] = False
+    for result in grid:
+        if result.error is not None:   # still failing after max_failures retries
+            summary.failed_trials += 1
+            summary.errors.append(_first_line(result.error))
+            continue
+        for name, value in (result.metrics or {}).items():
+            if name.startswith("rows_") and isinstance(value, int):
+                summary.written[name[5:]] = summary.written.get(name[5:], 0) + value
 
 
 def _first_line(error: BaseException) -> str:

@@ -36,9 +36,9 @@ LINEAR_ONLY = ("spectrum", "whiten")
 # The key that names a run; everything else in a row describes or measures it.
 RUN_ID = "run_id"
 # The most configs `expand` builds unless told otherwise (--max-configs). A resolved config is a
-# dict of about 40 entries, about 1 kB and 0.1 ms to build, so ten million already take ~10 GB and
-# ~20 minutes: the limit stops runaway grids, not big sweeps.
-DEFAULT_MAX_CONFIGS = 10_000_000
+# dict of about 40 entries, about 1 kB and 0.1 ms to build, so two million take ~2 GB of driver
+# memory and a few minutes: past that a grid is more likely a typo than a plan.
+DEFAULT_MAX_CONFIGS = 2_000_000
 
 
 def _canonical(value: float) -> float:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from phasemap.grid import expand
+from phasemap.grid import DEFAULT_MAX_CONFIGS, expand
 from phasemap.spec import load_spec
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -111,10 +111,10 @@ class Cluster:
             return fn(*args, **kwargs)
 
     def submit(self, spec_path: str | Path, overrides: list[str], out: str, *, run_args: list[str] = (),
-               submission_id: str | None = None) -> str:
+               submission_id: str | None = None, max_configs: int = DEFAULT_MAX_CONFIGS) -> str:
         """Validate the sweep here, then submit it as a Ray Job; return the job id."""
         sweep = load_spec(spec_path, overrides)
-        expand(sweep)                     # grid points that do not resolve fail here, not on the cluster
+        expand(sweep, max_configs)        # grid points that do not resolve fail here, not on the cluster
         if "://" not in out and not os.path.isabs(out):
             raise ClusterError(f"--out {out}: give an absolute path on a filesystem every node mounts, "
                                "or a URI such as s3://bucket/results/NAME (a relative path would land in "

@@ -14,10 +14,15 @@ partial `.parquet` file that a reader would pick up, and a retried chunk replace
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import types
 import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import polars as pl
 import pyarrow as pa
@@ -46,22 +51,56 @@ RESULT_TYPES: dict[str, pa.DataType] = {
 DERIVED_TYPES: dict[str, pa.DataType] = {
     "batch_size": _I64, "temperature": _F64, "temperature_effective": _F64,
     "spectrum": pa.list_(_F64), "spectrum_c": _F64, "spectrum_alpha": _F64,
-    "teacher_rank": _I64, "data_seed": _I64,
 }
 _PY_TO_ARROW = {int: _I64, float: _F64, bool: _BOOL, str: _STR}
 
 
+# Write errors that trying again cannot fix: the disk or quota is full, the file is too large,
+# the location is read-only, not ours, or not a folder.
+_FINAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EISDIR, errno.ENOTDIR}
+
+
 class StoreError(RuntimeError):
-    """The results location cannot be read or written; the message says which path and why."""
+    """The results location cannot be read or written; the message says which path and why.
+
+    `retryable` is False for errors a retry cannot fix (no space, no permission, ...).
+    """
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def _retryable(err: Exception) -> bool:
+    return getattr(err, "errno", None) not in _FINAL_ERRNOS
+
+
+def _python_type(annotation) -> type | None:
+    """int, float, bool or str behind a field's annotation (Annotated, Literal, Optional unwrapped)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _python_type(get_args(annotation)[0])
+    if origin is Literal:
+        kinds = {type(v) for v in get_args(annotation)}
+        return kinds.pop() if len(kinds) == 1 else None
+    if origin in (Union, types.UnionType):
+        kinds = {_python_type(a) for a in get_args(annotation) if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else None
+    return annotation if annotation in _PY_TO_ARROW else None
 
 
 def _config_type(key: str) -> pa.DataType:
+    """The Arrow type of a config column: from DERIVED_TYPES, else from the field's annotation
+    (not its default, which may be None)."""
     if key in DERIVED_TYPES:
         return DERIVED_TYPES[key]
     for cls in SECTIONS.values():
         if key in cls.model_fields:
-            default = cls.model_fields[key].default
-            return _PY_TO_ARROW[type(default)]
+            kind = _python_type(cls.model_fields[key].annotation)
+            if kind is None:
+                raise KeyError(f"config key {key!r} has no plain Arrow type: add it to store.DERIVED_TYPES")
+            return _PY_TO_ARROW[kind]
     raise KeyError(f"no Arrow type for config key {key!r}")
 
 
@@ -138,7 +177,7 @@ def write_rows(rows: list[dict], out: str | Path) -> str:
     try:
         _write_atomic(fs, to_table(rows), path)
     except (OSError, pa.ArrowException) as err:
-        raise StoreError(f"cannot write results to {out}: {_reason(err)}") from err
+        raise StoreError(f"cannot write results to {out}: {_reason(err)}", _retryable(err)) from err
     return path
 
 
@@ -167,22 +206,77 @@ def files(out: str | Path) -> list[str]:
                   and not i.base_name.startswith((".", "_")))
 
 
-def _index(out: str | Path) -> pa.Table | None:
-    """run_id and status of every row, with the file each row is in."""
+class DamagedFileWarning(UserWarning):
+    """A results file that cannot be read: named, skipped by readers, set aside by `run`."""
+
+
+DAMAGED_SUFFIX = ".damaged"
+_READERS = 8     # files read at once: footers and small columns are latency-bound on object stores
+
+
+def _first_line(err: Exception) -> str:
+    line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return line.split("': ", 1)[1] if line.startswith("Could not open Parquet input source '") else line
+
+
+def _read_each(out: str | Path, read) -> tuple[list, list[tuple[str, str]]]:
+    """read(fs, path) for every file of `out`, in parallel; ([(path, value)], [(path, reason)] damaged)."""
     paths = files(out)
-    if not paths:
-        return None
     fs, _ = location(out)
-    parts = []
-    for path in paths:
+
+    def attempt(path: str):
+        try:
+            return path, read(fs, path), None
+        except (OSError, pa.ArrowException, ValueError) as err:
+            return path, None, _first_line(err)
+
+    with ThreadPoolExecutor(min(_READERS, max(1, len(paths)))) as pool:
+        results = list(pool.map(attempt, paths))
+    good = [(path, value) for path, value, reason in results if reason is None]
+    return good, [(path, reason) for path, _, reason in results if reason is not None]
+
+
+def _report(damaged: list[tuple[str, str]], out: str | Path, set_aside: bool) -> None:
+    """Warn once per damaged file; with set_aside, rename it so that no reader sees it again."""
+    fs, _ = location(out)
+    for path, reason in damaged:
+        action = "skipped"
+        if set_aside:
+            try:
+                fs.move(path, path + DAMAGED_SUFFIX)
+                action = f"set aside as {path.rsplit('/', 1)[-1]}{DAMAGED_SUFFIX}; its configs will run again"
+            except (OSError, pa.ArrowException) as err:
+                raise StoreError(f"cannot set aside the damaged file {path}: {_reason(err)}") from err
+        warnings.warn(f"{path} is not a readable Parquet file ({reason}): {action}", DamagedFileWarning,
+                      stacklevel=3)
+
+
+def readable_files(out: str | Path) -> list[str]:
+    """The Parquet files of `out` whose footer reads; every other one is named in a DamagedFileWarning."""
+    good, damaged = _read_each(out, lambda fs, path: pq.read_metadata(path, filesystem=fs))
+    _report(damaged, out, set_aside=False)
+    return [path for path, _ in good]
+
+
+def _index(out: str | Path, set_aside: bool = False) -> pa.Table | None:
+    """run_id and status of every row, with the file each row is in; damaged files are left out
+    (and renamed out of the way with set_aside)."""
+    def columns(fs, path):
         table = pq.read_table(path, columns=["run_id", "status"], filesystem=fs)
-        parts.append(table.append_column("file", pa.array([path] * table.num_rows, pa.string())))
-    return pa.concat_tables(parts)
+        return table.append_column("file", pa.array([path] * table.num_rows, pa.string()))
+
+    good, damaged = _read_each(out, columns)
+    _report(damaged, out, set_aside)
+    return pa.concat_tables([t for _, t in good]) if good else None
 
 
-def run_ids(out: str | Path) -> set[str]:
-    """The run_ids already finished in a results location: ok or diverged (failed ones are retried)."""
-    index = _index(out)
+def run_ids(out: str | Path, set_aside: bool = False) -> set[str]:
+    """The run_ids already finished in a results location: ok or diverged (failed ones are retried).
+
+    A damaged file is named in a DamagedFileWarning and left out, so its configs count as to do;
+    set_aside=True (what `run` does) also renames it to NAME.parquet.damaged.
+    """
+    index = _index(out, set_aside)
     if index is None:
         return set()
     finished = index.filter(pc.not_equal(index["status"], "failed"))

@@ -20,18 +20,27 @@ class ResultsError(ValueError):
     """A results path that does not hold a phasemap dataset."""
 
 
-def scan(results: str | Path) -> pl.LazyFrame:
-    """A lazy polars frame over every Parquet file of a results folder or URI (s3://, gs://, ...).
-
-    Files written by other phasemap versions may lack columns added since (or hold ones since
-    dropped): the frame has the union of the columns, null where a file has none.
-    """
+def readable(results: str | Path) -> list[str]:
+    """The readable Parquet files of a results folder or URI; damaged ones are named in a warning."""
     try:
-        found = store.files(results)
+        if not store.files(results):
+            raise ResultsError(f"{results}: no phasemap results here (no .parquet files)")
+        found = store.readable_files(results)
     except store.StoreError as err:
         raise ResultsError(str(err)) from err
     if not found:
-        raise ResultsError(f"{results}: no phasemap results here (no .parquet files)")
+        raise ResultsError(f"{results}: no readable phasemap results here (every .parquet file is damaged)")
+    return found
+
+
+def scan(results: str | Path, paths: list[str] | None = None) -> pl.LazyFrame:
+    """A lazy polars frame over every Parquet file of a results folder or URI (s3://, gs://, ...).
+
+    Files written by other phasemap versions may lack columns added since (or hold ones since
+    dropped): the frame has the union of the columns, null where a file has none. A damaged
+    file is named in a store.DamagedFileWarning and left out.
+    """
+    found = paths if paths is not None else readable(results)
     frames = [pl.scan_parquet(store.uri(results, path)) for path in found]
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
@@ -48,7 +57,8 @@ def varying_axes(frame: pl.LazyFrame) -> list[str]:
 
 def summarize(results: str | Path) -> dict:
     """Runs, status counts, sweeps and varying axes with their values."""
-    frame = scan(results)
+    found = readable(results)
+    frame = scan(results, found)
     axes = {c: frame.select(pl.col(c).unique().sort()).collect()[c].to_list() for c in varying_axes(frame)}
     status = frame.group_by("status").len().collect()
     sweeps = frame.select(pl.col("sweep").unique().sort()).collect()["sweep"].to_list()
@@ -57,6 +67,6 @@ def summarize(results: str | Path) -> dict:
         "runs": int(frame.select(pl.len()).collect().item()),
         "status": {row["status"]: int(row["len"]) for row in status.iter_rows(named=True)},
         "sweeps": sweeps,
-        "files": len(store.files(results)),
+        "files": len(found),
         "axes": axes,
     }

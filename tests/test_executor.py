@@ -1,6 +1,13 @@
 """End to end through Ray Tune on an embedded local Ray: rows, resume, growing a grid, `show`."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -114,19 +121,130 @@ def test_a_rerun_retries_failed_configs_and_keeps_one_row_each(tmp_path):
     assert frame.height == 4 and frame["run_id"].n_unique() == 4 and set(frame["status"]) == {"ok"}
 
 
-def test_a_chunk_that_cannot_be_written_fails_after_retries_with_its_reason(tmp_path):
+def test_a_chunk_that_cannot_be_written_is_not_retried_and_says_why_in_one_line(tmp_path):
     spec, configs = tiny_sweep(tmp_path, "blocked")
     out = tmp_path / "out"
     earlier = Path(store.write_rows([{**c, "sweep": "x", "status": "ok"} for c in configs[:1]], out))
     before = earlier.read_bytes()
-    # The one chunk of the other three configs must land where a folder stands: every write fails.
+    # The one chunk of the other three configs must land where a folder stands: every write fails,
+    # and no retry can change that (EISDIR), like a full disk or a read-only location.
     (out / store.chunk_name([c["run_id"] for c in configs[1:]])).mkdir()
     result = invoke("run", spec, "--out", out, "--chunk", 3)
     assert result.exit_code == 1
-    assert "1 chunk(s) failed after retries" in result.output
     assert "cannot write results to" in result.output and "Is a directory" in result.output
+    assert "not retried" in result.output and "failed after retries" not in result.output
+    assert "1 of 4 configs are in" in result.output and "3 missing" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 4
     assert earlier.read_bytes() == before
     assert store.files(out) == [str(earlier)]
+
+
+def test_summary_counts_what_is_on_disk(tmp_path):
+    from phasemap.executor import run_sweep
+
+    spec, configs = tiny_sweep(tmp_path, "disk")
+    out = tmp_path / "out"
+    summary = run_sweep(load_spec(spec), out, chunk=2)
+    assert summary.complete and summary.missing == 0 and summary.runs == 4
+    Path(store.files(out)[0]).unlink()           # rows lost behind the driver's back
+    again = run_sweep(load_spec(spec), out, chunk=2)
+    assert again.skipped == 2 and again.runs == 2 and again.missing == 0
+
+
+def test_trials_that_no_node_can_hold_are_refused_before_tune_starts(tmp_path):
+    spec, _ = tiny_sweep(tmp_path, "res")
+    for options, reason in ((["--gpus-per-trial", "1"], "has no GPU"),
+                            (["--gpus-per-trial", "0", "--cpus-per-trial", "64"], "no node has that many CPUs"),
+                            (["--cpus-per-trial", "0"], "a positive share of a CPU")):
+        result = invoke("run", spec, "--out", tmp_path / "out", *options)
+        assert result.exit_code == 2, result.output
+        assert reason in result.output and "Traceback" not in result.output
+        assert not store.files(tmp_path / "out")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mute_server():
+    """A TCP server on loopback that accepts connections and never says a word (not a Ray head)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_an_unreachable_or_foreign_address_is_one_clear_line(tmp_path, mute_server):
+    spec, _ = tiny_sweep(tmp_path, "addr")
+    for port, why in ((free_port(), "refused"), (mute_server, "no answer within")):
+        # In a fresh process: the module's embedded Ray must not answer for the address.
+        done = subprocess.run([sys.executable, "-m", "phasemap.cli", "run", str(spec), "--out", str(tmp_path / "o"),
+                               "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=90,
+                              cwd=ROOT)
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot connect to the Ray cluster at 127.0.0.1:{port}")
+        assert why in lines[0].lower()
+
+
+def session_processes(sid: int) -> list[str]:
+    """Names of the live processes of a session (the driver started with start_new_session)."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            names.append(text.split("(", 1)[1].rsplit(")", 1)[0])
+    return names
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_sweep_keeps_finished_chunks_and_says_what_is_missing(tmp_path, signum):
+    out = tmp_path / "out"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "phasemap.cli", "run", str(ROOT / "sweeps" / "quickstart.yaml"), "--out", str(out),
+         "--set", "train.steps=20000", "--chunk", "4", "--num-cpus", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for _ in range(600):
+            if store.files(out) or driver.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert store.files(out), "no chunk finished"
+        assert "raylet" in session_processes(driver.pid)
+        driver.send_signal(signum)
+        stdout, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 128 + signum, stderr
+    on_disk = pl.read_parquet(store.files(out))
+    assert 0 < on_disk.height < 48 and on_disk["run_id"].n_unique() == on_disk.height
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}; {on_disk.height} of 48 configs are in" in stderr
+    assert f"{48 - on_disk.height} missing" in stderr and "Traceback" not in stderr
+    time.sleep(1)
+    assert session_processes(driver.pid) == []     # no Ray process left behind
 
 
 def test_the_driver_plans_a_sweep_without_loading_torch():
