@@ -137,12 +137,13 @@ def baseline_bench(configs: list[dict]) -> dict:
     """Runs/s of one-config-per-trial Ray Tune with a plain autograd loop, Ray start-up included."""
     import tempfile
 
-    from phasemap.executor import _init_ray  # sets Tune's quiet output before ray loads
+    from phasemap.executor import init_ray  # sets Tune's quiet output before ray loads
+
+    started = time.perf_counter()
+    init_ray(None, None)
     import ray
     from ray import tune
 
-    started = time.perf_counter()
-    _init_ray(None, None)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tuner = tune.Tuner(

@@ -503,27 +503,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> None:
     """The console script: every error a user can cause is one line and an exit code, never a
     traceback (`phasemap --debug ...` shows it)."""
-    import click
-
     warnings.showwarning = _show_warning
     try:
         code = app(args=argv, standalone_mode=False)
-    except click.ClickException as err:       # usage: unknown option, bad value, missing argument
-        err.show()
-        code = err.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("[bold red]error:[/] interrupted", highlight=False)
         code = 130
     except Exception as err:                  # noqa: BLE001 - the last line of defence
-        if _STATE["debug"]:
+        if hasattr(err, "show") and hasattr(err, "exit_code"):   # usage: click's (or typer's own click's)
+            err.show()
+            code = err.exit_code
+        elif _STATE["debug"]:
             raise
-        code = _user_error_code(err)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if code is None:
-            code = 1
-            reason = (f"internal error: {type(err).__name__}: {reason} (a bug in phasemap: please report it; "
-                      "`phasemap --debug ...` shows the traceback)")
-        err_console.print(f"[bold red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+        else:
+            code = _user_error_code(err)
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if code is None:
+                code = 1
+                reason = (f"internal error: {type(err).__name__}: {reason} (a bug in phasemap: please report "
+                          "it; `phasemap --debug ...` shows the traceback)")
+            err_console.print(f"[bold red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
     sys.exit(code or 0)
 
 

@@ -139,6 +139,23 @@ def test_a_chunk_that_cannot_be_written_is_not_retried_and_says_why_in_one_line(
     assert store.files(out) == [str(earlier)]
 
 
+def test_a_damaged_file_is_set_aside_and_its_configs_run_again(tmp_path):
+    spec, configs = tiny_sweep(tmp_path, "damaged")
+    out = tmp_path / "out"
+    assert invoke("run", spec, "--out", out, "--chunk", 2).exit_code == 0
+    victim = Path(store.files(out)[0])
+    victim.write_bytes(victim.read_bytes()[:64])
+    shown = invoke("show", out, "--json")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["runs"] == 2
+    dry = invoke("run", spec, "--out", out, "--dry-run")
+    assert "2 already in" in dry.output and victim.exists()
+    rerun = invoke("run", spec, "--out", out)
+    assert rerun.exit_code == 0, rerun.output
+    assert "wrote 2 rows" in rerun.output and not victim.exists() and Path(f"{victim}.damaged").exists()
+    frame = pl.read_parquet(store.files(out))
+    assert frame.height == 4 and frame["run_id"].n_unique() == 4
+
+
 def test_summary_counts_what_is_on_disk(tmp_path):
     from phasemap.executor import run_sweep
 

@@ -177,3 +177,27 @@ def test_a_full_output_location_is_a_clear_error_and_keeps_earlier_files(tmp_pat
     assert "cannot write results to" in done.stdout and "too large" in done.stdout.lower()
     assert len(store.files(out)) == 1 and [p.name for p in out.iterdir()] == [Path(store.files(out)[0]).name]
     assert pl.read_parquet(store.files(out)[0]).height == 1
+
+
+def test_a_damaged_file_is_named_left_out_by_readers_and_set_aside_only_by_run(tmp_path, rows):
+    from phasemap.summary import summarize
+
+    store.write_rows(rows[:2], tmp_path)
+    damaged = Path(store.write_rows(rows[2:], tmp_path))
+    damaged.write_bytes(damaged.read_bytes()[:100])           # a write cut short by a crash, say
+    with pytest.warns(store.DamagedFileWarning, match=f"{damaged} is not a readable Parquet file .*skipped"):
+        assert summarize(tmp_path)["runs"] == 2
+    with pytest.warns(store.DamagedFileWarning, match="skipped"):
+        assert store.run_ids(tmp_path) == {r["run_id"] for r in rows[:2]}
+    assert damaged.exists()                                    # readers never move files
+    with pytest.warns(store.DamagedFileWarning, match=r"set aside as .*\.parquet\.damaged; its configs will run"):
+        assert store.run_ids(tmp_path, set_aside=True) == {r["run_id"] for r in rows[:2]}
+    assert not damaged.exists() and Path(f"{damaged}.damaged").exists()
+    assert len(store.files(tmp_path)) == 1
+
+
+def test_unfixable_write_errors_are_marked_not_retryable(tmp_path, rows):
+    (tmp_path / store.chunk_name([r["run_id"] for r in rows])).mkdir()
+    with pytest.raises(store.StoreError) as err:
+        store.write_rows(rows, tmp_path)
+    assert not err.value.retryable
