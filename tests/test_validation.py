@@ -44,7 +44,7 @@ def test_validate_exits_1_on_a_miss(monkeypatch, tmp_path):
         "scalar": lambda results, cfg: [validation._row("scalar", "q", 1.0, 1.5, 0.05)]})
     rows = validation.validate(tmp_path, run=lambda spec, out: None)
     assert rows == [{"sweep": "scalar", "quantity": "q", "predicted": 1.0, "measured": 1.5,
-                     "tolerance": "5%", "ok": False}]
+                     "tolerance": "5%", "ci": None, "in_ci": None, "ok": False}]
     monkeypatch.setattr(validation, "validate", lambda out, quick: rows)
     result = CliRunner().invoke(app, ["validate", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "MISS" in result.output
@@ -54,5 +54,24 @@ def test_sgd_noise_boundary_on_trained_networks(tmp_path):
     cfg = train_into(tmp_path, "scalar-noise", ["grid.seed=[0, 1]", "grid.temperature=[0.06]"])
     (check,) = validation.check_scalar_noise(tmp_path, cfg)
     assert check["ok"], check
+    # reported, though for this approximate criterion the tolerance decides
+    assert check["ci"][0] <= check["measured"] <= check["ci"][1] and isinstance(check["in_ci"], bool)
     # noise moved the boundary well below the noiseless gamma_c = |E[xy]|
     assert check["measured"] < 0.95 * abs(validation._xy(cfg).mean())
+
+
+def test_a_row_needs_the_exact_value_inside_its_ci():
+    within_tolerance = validation._row("s", "q", 1.0, 1.01, 0.05, ci=[1.005, 1.02])
+    assert within_tolerance["in_ci"] is False and not within_tolerance["ok"]
+    assert validation._row("s", "q", 1.0, 1.01, 0.05, ci=[0.99, 1.02])["ok"]
+    assert not validation._row("s", "q", 1.0, 1.2, 0.05, ci=[0.9, 1.3])["ok"]     # tolerance still counts
+    assert validation._row("s", "q", 1.0, 1.01, 0.05, ci=[1.005, 1.02], exact=False)["ok"]
+
+
+@pytest.mark.parametrize("sweep", ["linear-rank", "power-law"])
+def test_exact_values_lie_inside_the_cis_on_trained_networks(tmp_path, sweep):
+    cfg = train_into(tmp_path, sweep, validation.QUICK["*"])       # 2 seeds, as validate --quick
+    rows = validation.CHECKS[sweep](tmp_path, cfg)
+    assert all(r["ok"] for r in rows), rows
+    assert all(r["in_ci"] for r in rows if r["ci"] is not None)
+    assert sum(r["ci"] is not None for r in rows) == {"linear-rank": 4, "power-law": 2}[sweep]
