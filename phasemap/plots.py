@@ -33,6 +33,7 @@ LABELS = {
     "symmetry_class": "symmetry class", "train_loss": "train loss", "test_loss": "test loss",
     "input_scale": "input scale", "depth": "depth",
 }
+SYMBOLS = {"gamma": "γ", "temperature": "T", "sigma": "σ", "lr": "η", "batch_size": "S"}   # in legends
 KINDS = ("phase", "scaling", "width", "loss")
 MAX_LINES = 7    # lines in a width plot
 MAX_CLASSES = 9  # the most frequent symmetry classes get their own color, the rest are "other"
@@ -188,8 +189,8 @@ def _log_ticks(lo: float, hi: float) -> np.ndarray:
 
 
 def _scale(ax, which: str, log: bool, values) -> None:
-    """Log or linear scale with limits at the data's extent; a log axis spanning less than a
-    decade gets several plainly labelled ticks instead of one lone decade (or none)."""
+    """Log or linear scale with limits at the data's extent; a log axis spanning less than two
+    decades gets several plainly labelled ticks (1-2-5) instead of one or two lone decades."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     values = np.asarray(values, dtype=float)
@@ -200,7 +201,7 @@ def _scale(ax, which: str, log: bool, values) -> None:
         (ax.set_xlim if which == "x" else ax.set_ylim)(lo, hi)
     if log:
         axis.set_minor_formatter(NullFormatter())
-        if hi / lo < 10:
+        if hi / lo < 100:
             axis.set_major_locator(FixedLocator(_log_ticks(lo, hi)))
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             axis.set_minor_locator(NullLocator())
@@ -232,15 +233,39 @@ def _draw_critical(ax, crit: pl.DataFrame, y: str, handles: dict) -> None:
         xs, ys = line["critical"].to_numpy(), line[y].to_numpy()
         err = np.vstack([xs - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - xs])
         bars = ax.errorbar(xs, ys, xerr=err, fmt="o-" if line.height >= 3 else "o", color="white", ms=3.5,
-                           lw=1.0, mec="black", mew=0.5, ecolor="white", elinewidth=1.0, capsize=1.5)
+                           lw=1.0, mec="black", mew=0.5, ecolor="white", elinewidth=1.0, capsize=1.5, zorder=4)
+        for part in [*bars.lines[2], *bars.lines[1], bars.lines[0]]:
+            part.set_clip_on(False)     # points on the first or last grid row sit on the axes' edge
         for part in bars.lines[2]:
             part.set_path_effects(_outlined())
         handles.setdefault("critical points (95% CI)", bars)
     unresolved = crit.filter(~pl.col("resolved") & pl.col("critical").is_not_null())
     for row in unresolved.iter_rows(named=True):
         (seg,) = ax.plot([row["ci_low"], row["ci_high"]], [row[y], row[y]], "|-", color="#ff7f0e", lw=2.0,
-                         ms=8, mew=2.0)
+                         ms=8, mew=2.0, clip_on=False, zorder=4)
         handles.setdefault("unresolved: several levels in one grid step", seg)
+
+
+def _center(edges: np.ndarray, i: int, log: bool) -> float:
+    """The middle of cell i (geometric on a log axis)."""
+    return float(np.sqrt(edges[i] * edges[i + 1]) if log else (edges[i] + edges[i + 1]) / 2)
+
+
+def _draw_excluded(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, handles: dict) -> None:
+    """Cells without a value because too few runs finished: hatched; any cell with diverged or
+    failed runs: a red x at its middle."""
+    from matplotlib.patches import Rectangle
+
+    bad = part.filter((pl.col("n_diverged") + pl.col("n_failed")) > 0)
+    for row in bad.iter_rows(named=True):
+        i, j = xi[row[data["x"]]], yi[row[data["y"]]]
+        if row["value"] is None:
+            ax.add_patch(Rectangle((xe[i], ye[j]), xe[i + 1] - xe[i], ye[j + 1] - ye[j], facecolor="0.92",
+                                   hatch="xx", edgecolor=DIVERGED["color"], lw=0))
+            handles.setdefault("no value: too few runs finished", Rectangle(
+                (0, 0), 1, 1, facecolor="0.92", hatch="xx", edgecolor=DIVERGED["color"], lw=0))
+        (mark,) = ax.plot([_center(xe, i, data["log_x"])], [_center(ye, j, data["log_y"])], zorder=5, **DIVERGED)
+        handles.setdefault("cell with diverged/failed runs", mark)
 
 
 def _draw_cells_categorical(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, colors, handles) -> None:
@@ -257,8 +282,8 @@ def _draw_cells_categorical(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, 
             handles.setdefault("seeds disagree: hatched, faded by the share in the class",
                                Rectangle((0, 0), 1, 1, facecolor="0.6", alpha=0.5, hatch="///", edgecolor="white"))
             if write:
-                ax.annotate(f"{row['n_modal']}/{row['n_used']}", (row[data["x"]], row[data["y"]]), ha="center",
-                            va="center", fontsize=5, color="black")
+                ax.annotate(f"{row['n_modal']}/{row['n_used']}", (_center(xe, i, data["log_x"]), _center(ye, j, data["log_y"])),
+                            ha="center", va="center", fontsize=6, color="black")
 
 
 def draw_phase(data: dict):
@@ -294,10 +319,7 @@ def draw_phase(data: dict):
             for row in part.filter(pl.col("value").is_not_null()).iter_rows(named=True):
                 grid[yi[row[y]], xi[row[x]]] = row["value"]
             mesh = ax.pcolormesh(xe, ye, grid, cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
-        bad = part.filter((pl.col("n_diverged") + pl.col("n_failed")) > 0)
-        if bad.height:
-            (mark,) = ax.plot(bad[x], bad[y], **DIVERGED)
-            handles.setdefault("cell with diverged/failed runs", mark)
+        _draw_excluded(ax, part, data, xe, ye, xi, yi, handles)
         if data["critical"] is not None and data["critical"].height:
             crit = data["critical"] if value is None else data["critical"].filter(pl.col(facet) == value)
             _draw_critical(ax, crit, y, handles)
@@ -344,9 +366,10 @@ def draw_scaling(data: dict):
         if r["from"] is not None and r["to"] is not None:
             ax.plot([r["ci_low"], r["ci_high"]], [max(r["from"], r["to"])] * 2, "|-", color="#ff7f0e", lw=2,
                     ms=7, mew=1.5, label="unresolved (not fitted)" if i == 0 else None)
-    positive = y[y > 0]
+    levels = [max(r["from"], r["to"]) for r in data["unresolved"] if r["from"] is not None and r["to"] is not None]
+    shown = np.concatenate([y[y > 0], ys, levels, data["band"][0][data["band"][0] > 0], data["band"][1]])
     _scale(ax, "x", True, runs[data["axis"]].to_numpy())
-    _scale(ax, "y", True, np.concatenate([positive, data["band"][0][data["band"][0] > 0], data["band"][1]]))
+    _scale(ax, "y", True, shown)
     ax.set_xlabel(label(data["axis"]))
     ax.set_ylabel(label(data["metric"]))
     ax.legend(fontsize=7, frameon=False)
@@ -385,12 +408,13 @@ def draw_width(data: pl.DataFrame, metric: str, axis: str):
 
 def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
     plt, sns = _style()
-    fig, ax = plt.subplots(figsize=(5.0, 3.9), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.4, 3.9), constrained_layout=True)
     series = data[hue].unique().sort().to_list() if hue else [None]
     colors = sns.color_palette("rocket", len(series))
     for color, value in zip(colors, series):
         part = data if value is None else data.filter(pl.col(hue) == value)
-        name = "" if value is None else f" ({label(hue)} = {value:.3g})" if isinstance(value, float) else f" ({value})"
+        shown_value = f"{value:.3g}" if isinstance(value, float) else str(value)
+        name = "" if value is None else f" ({SYMBOLS.get(hue, hue)} = {shown_value})"
         shown = part.filter(pl.col("train_loss").is_not_null())
         ax.plot(shown[x], shown["train_loss"], "o-", ms=3, color=color, label="train" + name)
         ax.plot(shown[x], shown["test_loss"], "s--", ms=3, color=color, label="test" + name)
@@ -401,12 +425,12 @@ def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
                 label="diverged/failed runs (count) — not in the means", **DIVERGED)
         for row in bad.iter_rows(named=True):
             ax.annotate(f"{row['k']}/{row['n']}", (row[x], 0.96), xycoords=("data", "axes fraction"),
-                        xytext=(4, -3), textcoords="offset points", fontsize=7, color=DIVERGED["color"])
+                        xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7, color=DIVERGED["color"])
     _scale(ax, "x", use_log(data[x].to_numpy().astype(float)), data[x].to_numpy())
     ax.set_yscale("log")
     ax.set_xlabel(label(x))
     ax.set_ylabel("loss (mean over runs that finished)")
-    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     note = _excluded_title(int(data["n"].sum()), int(data["n_diverged"].sum()), int(data["n_failed"].sum()))
     if note:
         ax.set_title(note, fontsize=8, color=DIVERGED["color"])
@@ -449,7 +473,9 @@ def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | Non
     else:
         if y == SEED:
             raise AnalysisError("seed cannot be a series: runs that differ only in seed are pooled")
-        fig = draw_loss(loss_data(lazy, x or "gamma", y), x or "gamma", y)
+        x = x or "gamma"
+        y = y or next((a for a in default_axes(lazy) if a != x), None)   # one series per value, not pooled
+        fig = draw_loss(loss_data(lazy, x, y), x, y)
     import matplotlib.pyplot as plt
 
     out.parent.mkdir(parents=True, exist_ok=True)
