@@ -98,35 +98,41 @@ def varying_axes(results: Results) -> list[str]:
     return summary.varying_axes(source(results))
 
 
-def _functions_of(lazy: pl.LazyFrame, axis: str, others: list[str]) -> list[bool]:
-    """For each column of `others`: is it a function of `axis` (one value per value of axis)?"""
-    if not others:
-        return []
-    per_value = (lazy.group_by(axis).agg([pl.col(c).n_unique() for c in others])
-                 .select([pl.col(c).max() for c in others]).collect().row(0))
-    return [k <= 1 for k in per_value]
+def _is_function_of(combos: pl.DataFrame, column: str, of: str) -> bool:
+    """Whether `column` takes one value per value of `of` in these (distinct) rows."""
+    return bool(combos.group_by(of).agg(pl.col(column).n_unique()).select(pl.col(column).max()).item() <= 1)
+
+
+def _knobs(combos: pl.DataFrame, candidates: list[str], given: tuple[str, ...] = ()) -> list[str]:
+    """The candidates that are not a function of a `given` column nor of a candidate kept before
+    them (candidates in PRIMARY_AXES order: with lr held, temperature is kept, batch_size not)."""
+    rank = {name: i for i, name in enumerate(PRIMARY_AXES)}
+    kept: list[str] = []
+    for c in sorted(candidates, key=lambda c: rank.get(c, len(rank))):
+        if not any(_is_function_of(combos, c, a) for a in (*given, *kept)):
+            kept.append(c)
+    return kept
 
 
 def group_columns(results: Results, axis: str, by: list[str] | None = None) -> list[str]:
     """The columns that define a group: the other varying axes, minus seeds and minus columns
-    that are a function of `axis` (e.g. batch_size when temperature is the axis)."""
+    that are a function of `axis` or of another group column (e.g. batch_size when temperature
+    is the axis, lr beside temperature when batch_size is held)."""
     if by is not None:
         return by
-    others = [c for c in varying_axes(results) if c not in (axis, SEED)]
-    return [c for c, dep in zip(others, _functions_of(source(results), axis, others)) if not dep]
+    lazy = source(results)
+    others = [c for c in varying_axes(lazy) if c not in (axis, SEED)]
+    if not others:
+        return []
+    return _knobs(lazy.select(axis, *others).unique().collect(), others, (axis,))
 
 
 def independent_axes(results: Results) -> list[str]:
     """Varying axes that are not seeds and not a function of another axis, knobs first
     (gamma, temperature, sigma, ...): the default axes of a figure."""
     lazy = source(results)
-    rank = {name: i for i, name in enumerate(PRIMARY_AXES)}
-    candidates = sorted((c for c in varying_axes(lazy) if c != SEED), key=lambda c: rank.get(c, len(rank)))
-    kept: list[str] = []
-    for c in candidates:
-        if not any(_functions_of(lazy, a, [c])[0] for a in kept):
-            kept.append(c)
-    return kept
+    candidates = [c for c in varying_axes(lazy) if c != SEED]
+    return _knobs(lazy.select(candidates).unique().collect(), candidates) if candidates else []
 
 
 def default_metric(results: Results) -> str:
@@ -263,10 +269,17 @@ def _resampled(u: np.ndarray, boots: np.ndarray, boundary: float, direction: int
 
 
 def _resample(values: np.ndarray, n_boot: int, rng) -> np.ndarray | None:
-    """(n_boot, K) seed-mean curves over bootstrap resamples of the seeds (None with one seed)."""
-    if values.shape[0] < 2 or not n_boot:
+    """(n_boot, K) seed-mean curves over bootstrap resamples of the seeds (None with one seed),
+    NaN where a resample has no seed with a value."""
+    n_seeds = values.shape[0]
+    if n_seeds < 2 or not n_boot:
         return None
-    return _mean(values[rng.integers(0, values.shape[0], (n_boot, values.shape[0]))])
+    picks = rng.integers(0, n_seeds, (n_boot, n_seeds))
+    counts = np.zeros((n_boot, n_seeds))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n_seeds), picks.ravel()), 1.0)   # times each seed drawn
+    have = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ np.where(have, values, 0.0)) / (counts @ have)
 
 
 def _fmt(v: float) -> str:
@@ -345,15 +358,17 @@ def _load(results: Results, metric: str | None, axis: str, by: list[str] | None 
     schema = lazy.collect_schema()
     metric = metric or default_metric(lazy)
     require_columns(schema, metric, (axis,), by)
-    groups = group_columns(lazy, axis, by)
-    columns = [c for c in dict.fromkeys([*groups, SEED, axis, metric, "status", *extra]) if c in schema.names()]
+    others = by if by is not None else [c for c in varying_axes(lazy) if c not in (axis, SEED)]
+    columns = [c for c in dict.fromkeys([*others, SEED, axis, metric, "status", *extra]) if c in schema.names()]
     data = lazy.select(columns).collect()
+    groups = by if by is not None else (
+        _knobs(data.select(axis, *others).unique(), others, (axis,)) if others else [])
     ok = data.filter((pl.col("status") == OK) & pl.col(metric).is_not_null())
     if ok.height == 0:
         raise AnalysisError(f"no runs with status ok and a value of {metric} in these results")
     if data[axis].n_unique() < 2:
         raise AnalysisError(f"axis {axis!r} has a single value; nothing changes along it")
-    return data, metric, groups
+    return data.drop([c for c in others if c not in groups and c not in extra]), metric, groups
 
 
 CRITICAL_SCHEMA = {"from": pl.Int64, "to": pl.Int64, "critical": pl.Float64, "ci_low": pl.Float64,

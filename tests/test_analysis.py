@@ -257,3 +257,11 @@ def test_scaling_command_defaults_to_weight_rank_for_linear_students(linear_resu
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["metric"] == "weight_rank" and out["n_excluded"] == 0
+
+
+def test_columns_that_follow_another_group_column_do_not_make_groups():
+    # hold: batch_size sweeps temperature and derives lr = T * S: one group per temperature, not per (T, lr)
+    frame = pl.concat([rank_table(np.geomspace(0.1, 4, 30), temperature=t, lr=t * 4, batch_size=4)
+                       for t in (0.01, 0.05)])
+    table = critical(frame, "weight_rank", "gamma")
+    assert "temperature" in table.columns and "lr" not in table.columns and table.height == 8
