@@ -37,7 +37,7 @@ SYMBOLS = {"gamma": "γ", "temperature": "T", "sigma": "σ", "lr": "η", "batch_
 KINDS = ("phase", "scaling", "width", "loss")
 MAX_LINES = 7    # lines in a width plot
 MAX_CLASSES = 9  # the most frequent symmetry classes get their own color, the rest are "other"
-MAX_COUNTS = 300  # cells up to which a phase plot writes the agreement count into each cell
+MAX_COUNTS = 12  # grid values per axis up to which a class map writes the agreement count into cells
 DIVERGED = {"marker": "x", "color": "#d62728", "ms": 6, "mew": 1.6, "ls": "none"}
 
 
@@ -168,6 +168,8 @@ def loss_data(results, x: str, hue: str | None = None, min_seed_share: float = M
     the runs finished (a mean over one survivor of four is not the loss at that value)."""
     data = frame(results, ok_only=False)
     require_columns(data.schema, None, (x,) + ((hue,) if hue else ()))
+    if not {"train_loss", "test_loss"} <= set(data.columns):
+        raise AnalysisError("these results have no train_loss and test_loss columns to plot")
     keys = [x] + ([hue] if hue else [])
     ok = pl.col("status") == OK
     enough = pl.col("n_ok") >= min_seed_share * pl.col("n")
@@ -219,10 +221,10 @@ def _style():
     return plt, sns
 
 
-def _outlined(width: float = 2.2):
+def _outlined(width: float = 2.2, color: str = "black"):
     from matplotlib import patheffects
 
-    return [patheffects.withStroke(linewidth=width, foreground="black")]
+    return [patheffects.withStroke(linewidth=width, foreground=color)]
 
 
 def _draw_critical(ax, crit: pl.DataFrame, y: str, handles: dict) -> None:
@@ -265,13 +267,14 @@ def _draw_excluded(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, handles: 
             handles.setdefault("no value: too few runs finished", Rectangle(
                 (0, 0), 1, 1, facecolor="0.92", hatch="xx", edgecolor=DIVERGED["color"], lw=0))
         (mark,) = ax.plot([_center(xe, i, data["log_x"])], [_center(ye, j, data["log_y"])], zorder=5, **DIVERGED)
+        mark.set_path_effects(_outlined(3.5, "white"))     # visible on a red class too
         handles.setdefault("cell with diverged/failed runs", mark)
 
 
 def _draw_cells_categorical(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, colors, handles) -> None:
     from matplotlib.patches import Rectangle
 
-    write = part.height <= MAX_COUNTS
+    write = len(xi) <= MAX_COUNTS and len(yi) <= MAX_COUNTS
     for row in part.filter(pl.col("value").is_not_null()).iter_rows(named=True):
         i, j = xi[row[data["x"]]], yi[row[data["y"]]]
         agree = row["agreement"]
@@ -393,9 +396,13 @@ def draw_width(data: pl.DataFrame, metric: str, axis: str):
     bad = data.filter((pl.col("n_diverged") + pl.col("n_failed")) > 0)
     if bad.height:
         widths = bad["width"].unique().to_numpy()
-        ax.plot(widths, np.full(len(widths), 1.0), transform=ax.get_xaxis_transform(), clip_on=False,
+        ax.plot(widths, np.full(len(widths), 0.96), transform=ax.get_xaxis_transform(), clip_on=False,
                 label="widths with diverged/failed runs", **DIVERGED)
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(data["width"].unique().sort().to_numpy()))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlim(data["width"].min(), data["width"].max())
     ax.set_xlabel("width")
     ax.set_ylabel(label(metric))
