@@ -292,7 +292,7 @@ def _notes(axis: str, curve: Curve, indices, n_seeds: int, min_seed_share: float
     for i in indices:
         k = round(curve.share[i] * n_seeds)
         if k < n_seeds:
-            unused = ", not used" if curve.share[i] < min_seed_share or k == 0 else ""
+            unused = f", not used (under {min_seed_share:.0%})" if curve.share[i] < min_seed_share or k == 0 else ""
             parts.append(f"{axis}={_fmt(curve.xs[i])}: {k}/{n_seeds} seeds ok{unused}")
     return "; ".join(parts)
 
@@ -347,7 +347,7 @@ def group_transitions(curve: Curve, axis: str, log: bool, n_boot: int, rng,
                      "ci_low": float(curve.xs[before[-1] if len(before) else run[0]]),
                      "ci_high": float(curve.xs[after[0] if len(after) else run[-1]]), "resolved": False,
                      "note": _notes(axis, curve, run, n_seeds, min_seed_share)
-                     + f": fewer than {min_seed_share:.0%} of seeds ok, no boundary located here"})
+                     + "; no boundary located here"})
     return rows
 
 
