@@ -51,6 +51,12 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _spec_fail(spec: Path, err: SpecError) -> NoReturn:
+    """A sweep-file error, led by the file's name (grid errors are found after loading)."""
+    text = str(err)
+    _fail(text if text.startswith(str(spec)) else f"{spec}: {text}")
+
+
 def _check_device(device: str, choices: tuple[str, ...] = DEVICES, local: bool = True) -> None:
     """Refuse an unknown device, and cuda where torch sees no GPU (only if the run is local)."""
     if device not in choices:
@@ -109,7 +115,7 @@ def run(
                           f"{len(todo.configs)} to run")
             return
     except SpecError as err:
-        _fail(str(err))
+        _spec_fail(spec, err)
     except StoreError as err:
         _fail(str(err), 1)
     from phasemap.executor import ClusterConnectError, ResourceError, SweepInterrupted, run_sweep
@@ -130,7 +136,9 @@ def run(
         summary = run_sweep(sweep, out_dir, chunk=chunk, address=address, device=device,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus,
                             max_configs=max_configs, on_start=on_start, on_runs=on_runs)
-    except (SpecError, ResourceError) as err:   # raised before anything is written
+    except SpecError as err:                    # raised before anything is written
+        _spec_fail(spec, err)
+    except ResourceError as err:
         _fail(str(err))
     except (StoreError, ClusterConnectError) as err:
         _fail(str(err), 1)
@@ -304,17 +312,30 @@ def validate(
     """Run sweeps/validation/*.yaml and compare measured boundaries and exponents with exact theory."""
     from rich.table import Table
 
+    from phasemap.executor import SweepInterrupted, run_sweep
     from phasemap.validation import validate as run_checks
 
-    rows = _analysis_call(run_checks, out, quick)
+    def run_complete(sweep, results) -> None:
+        """Run one validation sweep; stop (with run's exit code) unless all of its configs are there."""
+        try:
+            summary = run_sweep(sweep, results)
+        except SweepInterrupted as err:
+            _stopped(sweep, str(results), err.signum, DEFAULT_MAX_CONFIGS)
+        _report(sweep.name, str(results), summary)
+
+    rows = _analysis_call(run_checks, out, quick, run=run_complete)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:
-        table = Table("sweep", "quantity", "predicted", "measured", "tolerance", "")
+        table = Table("sweep", "quantity", "predicted", "measured", "95% CI", "tolerance", "")
         for r in rows:
             measured = "—" if r["measured"] is None else f"{r['measured']:.4g}"
-            table.add_row(r["sweep"], escape(r["quantity"]), f"{r['predicted']:.4g}", measured, r["tolerance"],
-                          "[green]ok[/]" if r["ok"] else "[bold red]MISS[/]")
+            ci = "—" if not r.get("ci") else f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
+            verdict = "[green]ok[/]" if r["ok"] else "[bold red]MISS[/]"
+            if r.get("in_ci") is False:
+                verdict += " (exact value outside the CI)"
+            table.add_row(r["sweep"], escape(r["quantity"]), f"{r['predicted']:.4g}", measured, ci, r["tolerance"],
+                          verdict)
         console.print(table)
     misses = sum(not r["ok"] for r in rows)
     if misses:
@@ -345,12 +366,7 @@ def bench(
                           f"({out['critical_rows']} critical points), scaling {out['scaling_seconds']:.2f} s")
         return
 
-    if device not in ("cpu", "cuda"):
-        _fail(f"--device: {device!r} is not one of cpu, cuda")
-    if device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            _fail("--device cuda: torch sees no CUDA device here")
+    _check_device(device, ("cpu", "cuda"))
     from phasemap.engine import BACKENDS
 
     if backend is not None and backend not in BACKENDS:
@@ -421,17 +437,19 @@ def submit(
     cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", min=0.0),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Fractions share a GPU, e.g. 0.125."),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Submission id (default: phasemap-NAME-TIME-XXXX)."),
+    max_configs: int = _MAX_CONFIGS,
     token_file: Optional[Path] = _TOKEN_FILE,
 ) -> None:
     """Submit a sweep to a Ray cluster as a Ray Job; print the job id (the laptop may disconnect)."""
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device: {device!r} is not one of auto, cpu, cuda")
-    run_args = ["--device", device, "--cpus-per-trial", str(cpus_per_trial), "--gpus-per-trial", str(gpus_per_trial)]
+    _check_device(device, local=False)    # the cluster's nodes, not this machine, need the GPU
+    run_args = ["--device", device, "--cpus-per-trial", str(cpus_per_trial), "--gpus-per-trial", str(gpus_per_trial),
+                "--max-configs", str(max_configs)]
     if chunk:
         run_args += ["--chunk", str(chunk)]
     cluster = _cluster(address, token_file)
     try:
-        submitted = _cluster_call(cluster.submit, spec, set_, out, run_args=run_args, submission_id=job_id)
+        submitted = _cluster_call(cluster.submit, spec, set_, out, run_args=run_args, submission_id=job_id,
+                                  max_configs=max_configs)
     except SpecError as err:
         _fail(str(err))
     sys.stdout.write(submitted + "\n")

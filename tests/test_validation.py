@@ -45,9 +45,21 @@ def test_validate_exits_1_on_a_miss(monkeypatch, tmp_path):
     rows = validation.validate(tmp_path, run=lambda spec, out: None)
     assert rows == [{"sweep": "scalar", "quantity": "q", "predicted": 1.0, "measured": 1.5,
                      "tolerance": "5%", "ci": None, "in_ci": None, "ok": False}]
-    monkeypatch.setattr(validation, "validate", lambda out, quick: rows)
+    monkeypatch.setattr(validation, "validate", lambda out, quick, run=None: rows)
     result = CliRunner().invoke(app, ["validate", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "MISS" in result.output
+
+
+def test_validate_stops_on_an_incomplete_sweep_instead_of_checking_half_of_it(monkeypatch, tmp_path):
+    from phasemap import executor
+
+    checked = []
+    monkeypatch.setattr(validation, "CHECKS", {"scalar": lambda results, cfg: checked.append(results) or []})
+    monkeypatch.setattr(executor, "run_sweep", lambda spec, out: executor.Summary(
+        total=164, skipped=0, written={"ok": 100}, missing=64, out_dir=str(out)))
+    result = CliRunner().invoke(app, ["validate", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "100 of 164 configs are in" in result.output and "64 missing" in result.output
+    assert checked == []
 
 
 def test_sgd_noise_boundary_on_trained_networks(tmp_path):
