@@ -1,0 +1,145 @@
+"""`phasemap critical`, `scaling`, `plot` and `validate`: questions asked of a results folder.
+
+    phasemap critical results/linear-rank --metric weight_rank --axis gamma
+    phasemap scaling results/power-law
+    phasemap plot results/quickstart --kind phase -o phase.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from phasemap.cli.common import analysis_call, app, console, err_console
+from phasemap.cli.sweeps import report, stopped
+from phasemap.grid import DEFAULT_MAX_CONFIGS
+
+
+@app.command()
+def critical(
+    results: str = typer.Argument(..., help="Results folder or URI."),
+    metric: str = typer.Option(..., "--metric", help="e.g. weight_rank, n_distinct, n_dead."),
+    axis: str = typer.Option(..., "--axis", help="e.g. gamma, temperature, sigma."),
+    by: Optional[str] = typer.Option(None, "--by", help="Comma-separated group columns (default: the other axes)."),
+    min_seed_share: float = typer.Option(0.5, "--min-seed-share", min=0.0, max=1.0,
+                                         help="Grid values where fewer seeds finished ok locate no boundary."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+) -> None:
+    """Critical points: where the metric changes level along an axis; CIs cover the grid step and the seeds."""
+    from phasemap.analysis import critical as find
+
+    table = analysis_call(find, results, metric, axis, by=by.split(",") if by else None,
+                          min_seed_share=min_seed_share)
+    if as_json:
+        sys.stdout.write(json.dumps(table.to_dicts(), indent=2) + "\n")
+        return
+    if table.height == 0:
+        console.print(f"{metric} does not change level along {axis}")
+        return
+    from rich.table import Table
+
+    view = Table(*table.columns)
+    for row in table.iter_rows():
+        view.add_row(*(f"{v:.4g}" if isinstance(v, float) else "—" if v is None else escape(str(v)) for v in row))
+    console.print(view)
+
+
+@app.command()
+def scaling(
+    results: str = typer.Argument(..., help="Results folder or URI."),
+    metric: Optional[str] = typer.Option(None, "--metric",
+                                         help="Default: weight_rank for linear students, else n_distinct."),
+    axis: str = typer.Option("gamma", "--axis"),
+    method: str = typer.Option("transitions", "--method", help="transitions or quantile."),
+    quantile: float = typer.Option(0.9, "--quantile", min=0.0, max=1.0),
+    min_seed_share: float = typer.Option(0.5, "--min-seed-share", min=0.0, max=1.0,
+                                         help="Grid values where fewer seeds finished ok are not used."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fit the bound metric <= C * axis^(-beta); count violations; test saturation in width."""
+    from phasemap.analysis import scaling as fit
+
+    out = analysis_call(fit, results, metric, axis, method=method, quantile=quantile, min_seed_share=min_seed_share)
+    metric = out["metric"]
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    console.print(f"{metric} <= C {axis}^(-beta): beta = {out['beta']:.3f} "
+                  f"[{out['beta_ci'][0]:.3f}, {out['beta_ci'][1]:.3f}], C = {out['C']:.3g} "
+                  f"[{out['C_ci'][0]:.3g}, {out['C_ci'][1]:.3g}] ({out['method']}, {len(out['points'])} points); "
+                  f"{out['violations']} of {out['n_runs']} runs above the bound", highlight=False)
+    if out["n_excluded"]:
+        console.print(f"{out['n_excluded']} diverged or failed runs not used", highlight=False)
+    if out["unresolved"]:
+        console.print(escape("not fitted (unresolved: several levels in one grid step, or too few seeds ok; a "
+                             "denser grid or more seeds resolve them): " + "; ".join(
+                                 f"{r['from']}->{r['to']} in [{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+                                 for r in out["unresolved"])), highlight=False)
+    sat = out["width_saturation"]
+    if sat:
+        console.print(f"width {sat['widths'][0]} -> {sat['widths'][1]}: max relative growth "
+                      f"{sat['max_relative_growth']:.2f}: {'saturated' if sat['saturated'] else 'still growing'}")
+
+
+@app.command()
+def plot(
+    results: str = typer.Argument(..., help="Results folder or URI."),
+    kind: str = typer.Option("phase", "--kind", help="phase, scaling, width or loss."),
+    x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma)."),
+    y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), or the series (loss)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="What the figure measures (default: weight_rank "
+                                         "for linear students, else n_distinct); phase also takes symmetry_class."),
+    color: Optional[str] = typer.Option(None, "--color", help="Alias of --metric for the phase diagram's color."),
+    facet: Optional[str] = typer.Option(None, "--facet", help="A third axis: one panel per value (phase)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
+) -> None:
+    """Draw a phase diagram, a scaling plot, a width-saturation plot or loss curves."""
+    from phasemap.plots import plot as draw
+
+    path = analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet, metric=metric)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def validate(
+    quick: bool = typer.Option(False, "--quick", help="Fewer seeds and temperatures (a few minutes)."),
+    out: Path = typer.Option(Path("results/validation"), "--out", help="Where the validation sweeps write."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+) -> None:
+    """Run sweeps/validation/*.yaml and compare measured boundaries and exponents with exact theory."""
+    from rich.table import Table
+
+    from phasemap.executor import SweepInterrupted, run_sweep
+    from phasemap.validation import validate as run_checks
+
+    def run_complete(sweep, results) -> None:
+        """Run one validation sweep; stop (with run's exit code) unless all of its configs are there."""
+        try:
+            summary = run_sweep(sweep, results)
+        except SweepInterrupted as err:
+            stopped(sweep, str(results), err.signum, DEFAULT_MAX_CONFIGS)
+        report(sweep.name, str(results), summary)
+
+    rows = analysis_call(run_checks, out, quick, run=run_complete)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table("sweep", "quantity", "predicted", "measured", "95% CI", "tolerance", "")
+        for r in rows:
+            measured = "—" if r["measured"] is None else f"{r['measured']:.4g}"
+            ci = "—" if not r.get("ci") else f"[{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]"
+            verdict = "[green]ok[/]" if r["ok"] else "[bold red]MISS[/]"
+            if r.get("in_ci") is False:
+                verdict += " (exact value outside the CI)"
+            table.add_row(r["sweep"], escape(r["quantity"]), f"{r['predicted']:.4g}", measured, ci, r["tolerance"],
+                          verdict)
+        console.print(table)
+    misses = sum(not r["ok"] for r in rows)
+    if misses:
+        err_console.print(f"{misses} of {len(rows)} checks missed")
+        raise typer.Exit(1)

@@ -1,0 +1,63 @@
+"""`phasemap bench`: the engine against one-config-per-trial Ray Tune, or the analysis on synthetic rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from phasemap.cli.common import app, check_device, console, err_console, fail
+
+
+@app.command()
+def bench(
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force the step: fused, compiled or eager (default: the fastest that applies)."),
+    baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
+    analysis: bool = typer.Option(False, "--analysis", help="Time the analysis on synthetic rows instead."),
+    rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Benchmark the engine on sweeps/bench/ref-mlp.yaml against one-config-per-trial Ray Tune."""
+    from phasemap.bench import analysis_bench, baseline_bench, engine_bench, load_configs
+
+    if analysis:
+        out = analysis_bench(rows)
+        if as_json:
+            sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        else:
+            console.print(f"{out['rows']} synthetic runs: critical {out['critical_seconds']:.2f} s "
+                          f"({out['critical_rows']} critical points), scaling {out['scaling_seconds']:.2f} s")
+        return
+
+    check_device(device, ("cpu", "cuda"))
+    from phasemap.engine import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        fail(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "fused" and device != "cpu":
+        fail("--backend fused runs on the CPU only")
+    result = {"engine": engine_bench(load_configs(n=configs), device, workers, backend)}
+    if baseline:
+        try:
+            result["baseline"] = baseline_bench(load_configs(n=baseline))
+            result["speedup"] = result["engine"]["runs_per_s"] / result["baseline"]["runs_per_s"]
+        except ImportError:
+            err_console.print("ray is not installed here: baseline skipped")
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    e = result["engine"]
+    console.print(f"engine ({e['device']}, {e['backend']} step, {e['workers']} worker(s)): {e['runs']} runs in {e['seconds']:.1f} s "
+                  f"= [bold]{e['runs_per_s']:.1f} runs/s[/], {e['gflops']:.1f} GFLOP/s = "
+                  f"{100 * e['peak_fraction']:.0f}% of the {e['peak_gflops']:.0f} GFLOP/s batched-matmul peak "
+                  f"(warm-up {e['warmup_seconds']:.1f} s)")
+    if "baseline" in result:
+        b = result["baseline"]
+        console.print(f"baseline (one config per Ray Tune trial, plain autograd): {b['runs']} runs in "
+                      f"{b['seconds']:.1f} s = {b['runs_per_s']:.2f} runs/s; engine/baseline = "
+                      f"[bold]{result['speedup']:.0f}x[/]")
