@@ -22,6 +22,8 @@ from phasemap import store
 from phasemap.cli import app
 from phasemap.jobs import Cluster
 
+pytestmark = pytest.mark.slow   # Ray processes: seconds to start, most of the suite's time
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = """name: {name}
 task: {{teacher_rank: 2, input_dim: 5, n_train: 64, n_test: 32}}

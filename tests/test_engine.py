@@ -176,6 +176,7 @@ def test_engine_and_metrics_import_only_torch_and_numpy():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow   # torch.compile: tens of seconds per shape
 @pytest.mark.parametrize("optimizer,activation", [("sgd", "tanh"), ("adam", "relu"), ("adamw", "swish")])
 def test_the_compiled_step_gives_the_same_results_as_the_straightforward_one(tiny, optimizer, activation):
     raw = tiny(model={"activation": activation, "depth": 3, "bias": activation == "relu"},

@@ -20,6 +20,8 @@ from phasemap.cli import app
 from phasemap.grid import expand
 from phasemap.spec import load_spec
 
+pytestmark = pytest.mark.slow   # Ray processes: seconds to start, most of the suite's time
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -145,11 +147,13 @@ def test_a_damaged_file_is_set_aside_and_its_configs_run_again(tmp_path):
     assert invoke("run", spec, "--out", out, "--chunk", 2).exit_code == 0
     victim = Path(store.files(out)[0])
     victim.write_bytes(victim.read_bytes()[:64])
-    shown = invoke("show", out, "--json")
+    with pytest.warns(store.DamagedFileWarning, match="skipped"):
+        shown = invoke("show", out, "--json")
+        dry = invoke("run", spec, "--out", out, "--dry-run")
     assert shown.exit_code == 0 and json.loads(shown.stdout)["runs"] == 2
-    dry = invoke("run", spec, "--out", out, "--dry-run")
     assert "2 already in" in dry.output and victim.exists()
-    rerun = invoke("run", spec, "--out", out)
+    with pytest.warns(store.DamagedFileWarning, match="set aside"):
+        rerun = invoke("run", spec, "--out", out)
     assert rerun.exit_code == 0, rerun.output
     assert "wrote 2 rows" in rerun.output and not victim.exists() and Path(f"{victim}.damaged").exists()
     frame = pl.read_parquet(store.files(out))

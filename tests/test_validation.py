@@ -62,6 +62,7 @@ def test_validate_stops_on_an_incomplete_sweep_instead_of_checking_half_of_it(mo
     assert checked == []
 
 
+@pytest.mark.slow
 def test_sgd_noise_boundary_on_trained_networks(tmp_path):
     cfg = train_into(tmp_path, "scalar-noise", ["grid.seed=[0, 1]", "grid.temperature=[0.06]"])
     (check,) = validation.check_scalar_noise(tmp_path, cfg)
@@ -80,6 +81,7 @@ def test_a_row_needs_the_exact_value_inside_its_ci():
     assert validation._row("s", "q", 1.0, 1.01, 0.05, ci=[1.005, 1.02], exact=False)["ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", ["linear-rank", "power-law"])
 def test_exact_values_lie_inside_the_cis_on_trained_networks(tmp_path, sweep):
     cfg = train_into(tmp_path, sweep, validation.QUICK["*"])       # 2 seeds, as validate --quick
