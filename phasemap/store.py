@@ -251,11 +251,15 @@ def _report(damaged: list[tuple[str, str]], out: str | Path, set_aside: bool) ->
                       stacklevel=3)
 
 
-def readable_files(out: str | Path) -> list[str]:
-    """The Parquet files of `out` whose footer reads; every other one is named in a DamagedFileWarning."""
-    good, damaged = _read_each(out, lambda fs, path: pq.read_metadata(path, filesystem=fs))
+def readable_files(out: str | Path) -> list[list[str]]:
+    """The Parquet files of `out` whose footer reads, grouped by schema (files written by one
+    phasemap version share one); every other file is named in a DamagedFileWarning."""
+    good, damaged = _read_each(out, lambda fs, path: pq.read_metadata(path, filesystem=fs).schema.to_arrow_schema())
     _report(damaged, out, set_aside=False)
-    return [path for path, _ in good]
+    groups: dict[str, list[str]] = {}
+    for path, schema in good:
+        groups.setdefault(schema.to_string(show_schema_metadata=False), []).append(path)
+    return list(groups.values())
 
 
 def _index(out: str | Path, set_aside: bool = False) -> pa.Table | None:

@@ -20,8 +20,9 @@ class ResultsError(ValueError):
     """A results path that does not hold a phasemap dataset."""
 
 
-def readable(results: str | Path) -> list[str]:
-    """The readable Parquet files of a results folder or URI; damaged ones are named in a warning."""
+def readable(results: str | Path) -> list[list[str]]:
+    """The readable Parquet files of a results folder or URI, grouped by schema; damaged ones are
+    named in a warning."""
     try:
         if not store.files(results):
             raise ResultsError(f"{results}: no phasemap results here (no .parquet files)")
@@ -33,15 +34,16 @@ def readable(results: str | Path) -> list[str]:
     return found
 
 
-def scan(results: str | Path, paths: list[str] | None = None) -> pl.LazyFrame:
+def scan(results: str | Path, groups: list[list[str]] | None = None) -> pl.LazyFrame:
     """A lazy polars frame over every Parquet file of a results folder or URI (s3://, gs://, ...).
 
     Files written by other phasemap versions may lack columns added since (or hold ones since
-    dropped): the frame has the union of the columns, null where a file has none. A damaged
-    file is named in a store.DamagedFileWarning and left out.
+    dropped): the frame has the union of the columns, null where a file has none. Files of one
+    schema are scanned together (one scan per phasemap version, not per file). A damaged file is
+    named in a store.DamagedFileWarning and left out.
     """
-    found = paths if paths is not None else readable(results)
-    frames = [pl.scan_parquet(store.uri(results, path)) for path in found]
+    groups = groups if groups is not None else readable(results)
+    frames = [pl.scan_parquet([store.uri(results, path) for path in paths]) for paths in groups]
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 
 
@@ -67,6 +69,6 @@ def summarize(results: str | Path) -> dict:
         "runs": int(frame.select(pl.len()).collect().item()),
         "status": {row["status"]: int(row["len"]) for row in status.iter_rows(named=True)},
         "sweeps": sweeps,
-        "files": len(found),
+        "files": sum(map(len, found)),
         "axes": axes,
     }
