@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from phasemap.analysis import AnalysisError
 from phasemap.cli import app
-from phasemap.plots import (LABELS, _edges, default_axes, draw_loss, draw_phase, draw_scaling, loss_data,
+from phasemap.plots import (LABELS, cell_edges, default_axes, draw_loss, draw_phase, draw_scaling, loss_data,
                             phase_data, plot, scaling_data, width_data)
 
 SPECTRUM = [2.0, 1.0, 0.5, 0.25]
@@ -114,7 +114,7 @@ def test_default_axes_are_the_swept_knobs_not_derived_columns():
     assert ax.get_ylabel() == "T = η/S"
     # cells end at the data: no axis runs past the grid (a batch size axis once reached below 0)
     assert ax.get_ylim() == pytest.approx((0.0, 0.005)) and ax.get_xlim() == pytest.approx((1e-4, 1e-1))
-    assert (_edges(np.array([0.0, 0.005]), log=False) >= 0).all()
+    assert (cell_edges(np.array([0.0, 0.005]), log=False) >= 0).all()
 
 
 def test_legends_name_every_overlay_and_log_axes_under_a_decade_have_labels(frame):

@@ -1,29 +1,11 @@
-"""Figures: compute plain data first (`*_data`, polars frames and dicts), then draw it thinly.
-
-    plot("results/quickstart", kind="phase", x="gamma", y="temperature", color="n_distinct",
-         out="phase.png")
-
-Kinds: `phase` (heat map over two axes colored by a metric, or by the modal symmetry class with
-the seeds' agreement shown, critical points with their CIs overlaid, optional facets over a third
-axis), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
-bootstrap band), `width` (metric against width, one line per gamma), `loss` (train and test loss
-along an axis). Default axes are the swept knobs, never columns derived from them (batch_size
-along temperature); the default metric is `analysis.default_metric`. Diverged and failed runs
-are never averaged in silently: they are counted in the title and marked where they happened,
-and a value where fewer than half of the seeds finished is not drawn. Axes whose grid spans more
-than a factor 10 are drawn on log scales, and every axis ends at the data's extent.
-"""
+"""Thin drawing of the `*_data` results with matplotlib and seaborn (imported only when drawing)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from phasemap import store
-from phasemap.analysis import (MIN_SEED_SHARE, OK, SEED, AnalysisError, critical, default_metric, frame,
-                               independent_axes, require_columns, scaling_fit, source, use_log)
+from phasemap.analysis import use_log
 
 LABELS = {
     "gamma": "γ (weight decay)", "temperature": "T = η/S", "sigma": "σ (noise)", "width": "width",
@@ -34,9 +16,7 @@ LABELS = {
     "input_scale": "input scale", "depth": "depth",
 }
 SYMBOLS = {"gamma": "γ", "temperature": "T", "sigma": "σ", "lr": "η", "batch_size": "S"}   # in legends
-KINDS = ("phase", "scaling", "width", "loss")
 MAX_LINES = 7    # lines in a width plot
-MAX_CLASSES = 9  # the most frequent symmetry classes get their own color, the rest are "other"
 MAX_COUNTS = 12  # grid values per axis up to which a class map writes the agreement count into cells
 DIVERGED = {"marker": "x", "color": "#d62728", "ms": 6, "mew": 1.6, "ls": "none"}
 
@@ -45,7 +25,7 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def _edges(values: np.ndarray, log: bool) -> np.ndarray:
+def cell_edges(values: np.ndarray, log: bool) -> np.ndarray:
     """Cell edges around sorted grid values (geometric midpoints on log axes); the outer edges
     are the first and last values, so cells never reach beyond the data."""
     v = np.log(values) if log else values.astype(float)
@@ -61,122 +41,6 @@ def _edges(values: np.ndarray, log: bool) -> np.ndarray:
 def _excluded_title(n_runs: int, n_diverged: int, n_failed: int) -> str:
     parts = [f"{k} of {n_runs} runs {what}" for k, what in ((n_diverged, "diverged"), (n_failed, "failed")) if k]
     return (", ".join(parts) + ", not in the means") if parts else ""
-
-
-def _run_counts(value: str | None = None) -> list[pl.Expr]:
-    """Per group: all runs, runs usable (ok with a value), diverged and failed runs."""
-    used = pl.col("status") == OK
-    if value is not None:
-        used = used & pl.col(value).is_not_null()
-    return [pl.len().alias("n"), used.sum().alias("n_ok"), (pl.col("status") == "diverged").sum().alias("n_diverged"),
-            (pl.col("status") == "failed").sum().alias("n_failed")]
-
-
-def _check_color(schema: pl.Schema, color: str) -> bool:
-    """Whether the color column is categorical (a class); raises for a column that is neither."""
-    if color not in schema.names():
-        raise AnalysisError(f"color {color!r} is not a column of these results")
-    if schema[color] == pl.String:
-        if color != "symmetry_class" and color in store.RESULT_TYPES:
-            raise AnalysisError(f"color {color!r} is not a metric; use a numeric metric or symmetry_class")
-        return True
-    require_columns(schema, color)
-    return False
-
-
-def _modal(data: pl.DataFrame, keys: list[str], color: str) -> pl.DataFrame:
-    """Per cell the most common class; ties go to the class most common in the whole sweep, then
-    alphabetical. `agreement` is the share of the cell's runs in that class."""
-    used = data.filter((pl.col("status") == OK) & pl.col(color).is_not_null())
-    overall = used[color].value_counts(name="overall")
-    counts = (used.group_by([*keys, color]).len("n_modal").join(overall, on=color)
-              .sort([*keys, "n_modal", "overall", color], descending=[False] * len(keys) + [True, True, False]))
-    modal = counts.group_by(keys, maintain_order=True).first().rename({color: "value"}).drop("overall")
-    total = used.group_by(keys).len("n_used")
-    return modal.join(total, on=keys).with_columns((pl.col("n_modal") / pl.col("n_used")).alias("agreement"))
-
-
-def phase_data(results, x: str, y: str, color: str, facet: str | None = None,
-               min_seed_share: float = MIN_SEED_SHARE) -> dict:
-    """Cells {x, y[, facet], value, n, n_ok, n_diverged, n_failed} (seed-mean of a metric, or the
-    modal symmetry class with its `agreement`), the critical points of the metric along x for
-    each y, and the run counts. A cell where fewer than `min_seed_share` of the runs finished ok
-    has value null."""
-    data = frame(results, ok_only=False)
-    require_columns(data.schema, None, (x, y))
-    if facet in (SEED, x, y) or (facet and facet not in data.columns):
-        raise AnalysisError(f"facet {facet!r} must be a column other than seed and the two axes")
-    categorical = _check_color(data.schema, color)
-    keys = [x, y] + ([facet] if facet else [])
-    counts = data.group_by(keys).agg(_run_counts(color))
-    if categorical:
-        modal = _modal(data, keys, color)
-        top = data[color].drop_nulls().value_counts(sort=True)[color].head(MAX_CLASSES).to_list()
-        cells = counts.join(modal, on=keys, how="left").with_columns(
-            pl.when(pl.col("value").is_in(top) | pl.col("value").is_null()).then(pl.col("value"))
-            .otherwise(pl.lit("other")).alias("value"))
-        lines = None
-    else:
-        used = (pl.col("status") == OK) & pl.col(color).is_not_null()
-        means = data.group_by(keys).agg(pl.col(color).cast(pl.Float64).filter(used).mean().alias("value"))
-        cells = counts.join(means, on=keys)
-        by = [y] + ([facet] if facet else [])
-        lines = critical(data, color, x, by=by, n_boot=50, min_seed_share=min_seed_share)
-    cells = cells.with_columns(pl.when(pl.col("n_ok") >= min_seed_share * pl.col("n")).then(pl.col("value"))
-                               .otherwise(None).alias("value")).sort(keys)
-    return {"cells": cells, "critical": lines, "x": x, "y": y, "color": color, "facet": facet,
-            "categorical": categorical, "n_runs": data.height,
-            "n_diverged": int((data["status"] == "diverged").sum()), "n_failed": int((data["status"] == "failed").sum()),
-            "log_x": use_log(data[x].unique().to_numpy().astype(float)),
-            "log_y": use_log(data[y].unique().to_numpy().astype(float))}
-
-
-def scaling_data(results, metric: str | None = None, axis: str = "gamma", method: str = "transitions") -> dict:
-    """Runs, transition points with their CIs, the fitted bound and a 95% band over bootstrap fits."""
-    fit = scaling_fit(results, metric, axis, method)
-    runs = fit.runs
-    grid = np.geomspace(runs[axis].min(), runs[axis].max(), 100)
-    curves = (np.array([cb * grid ** (-b) for b, cb in fit.fits]) if len(fit.fits)
-              else np.array([fit.C * grid ** (-fit.beta)]))
-    return {"runs": runs.select(axis, fit.metric, *(["width"] if "width" in runs.columns else [])),
-            "points": (fit.points[:, 0], fit.points[:, 1]), "points_ci": fit.points_ci,
-            "unresolved": fit.unresolved, "beta": fit.beta, "C": fit.C, "grid": grid, "fit": fit.C * grid ** (-fit.beta),
-            "band": (np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)),
-            "metric": fit.metric, "axis": axis, "n_runs": runs.height + fit.n_excluded, "n_excluded": fit.n_excluded}
-
-
-def width_data(results, metric: str, axis: str = "gamma", min_seed_share: float = MIN_SEED_SHARE) -> pl.DataFrame:
-    """Seed-mean metric (and standard error) over ok runs for each width and axis value, with the
-    run counts; null where fewer than `min_seed_share` of the runs finished."""
-    data = frame(results, ok_only=False)
-    require_columns(data.schema, metric, (axis,))
-    if "width" not in data.columns or data["width"].n_unique() < 2:
-        raise AnalysisError("width takes a single value in these results; sweep width to see saturation")
-    used = (pl.col("status") == OK) & pl.col(metric).is_not_null()
-    value = pl.col(metric).cast(pl.Float64).filter(used)
-    return (data.group_by("width", axis)
-            .agg(value.mean().alias("mean"), (value.std() / used.sum().sqrt()).fill_null(0.0).alias("sem"),
-                 *_run_counts(metric))
-            .with_columns(pl.when(pl.col("n_ok") >= min_seed_share * pl.col("n")).then(pl.col("mean"))
-                          .otherwise(None).alias("mean"))
-            .sort(axis, "width"))
-
-
-def loss_data(results, x: str, hue: str | None = None, min_seed_share: float = MIN_SEED_SHARE) -> pl.DataFrame:
-    """Train and test loss along x (one series per hue value), averaged over the runs that finished
-    ok, with the counts n, n_ok, n_diverged, n_failed; null where fewer than `min_seed_share` of
-    the runs finished (a mean over one survivor of four is not the loss at that value)."""
-    data = frame(results, ok_only=False)
-    require_columns(data.schema, None, (x,) + ((hue,) if hue else ()))
-    if not {"train_loss", "test_loss"} <= set(data.columns):
-        raise AnalysisError("these results have no train_loss and test_loss columns to plot")
-    keys = [x] + ([hue] if hue else [])
-    ok = pl.col("status") == OK
-    enough = pl.col("n_ok") >= min_seed_share * pl.col("n")
-    return (data.group_by(keys)
-            .agg(pl.col("train_loss").filter(ok).mean(), pl.col("test_loss").filter(ok).mean(), *_run_counts())
-            .with_columns(pl.when(enough).then(pl.col(c)).otherwise(None) for c in ("train_loss", "test_loss"))
-            .sort(keys))
 
 
 def _log_ticks(lo: float, hi: float) -> np.ndarray:
@@ -302,7 +166,7 @@ def draw_phase(data: dict):
         unused.set_visible(False)
     xs_all = cells[x].unique().sort().to_numpy()
     ys_all = cells[y].unique().sort().to_numpy()
-    xe, ye = _edges(xs_all, data["log_x"]), _edges(ys_all, data["log_y"])
+    xe, ye = cell_edges(xs_all, data["log_x"]), cell_edges(ys_all, data["log_y"])
     xi = {v: i for i, v in enumerate(xs_all)}
     yi = {v: i for i, v in enumerate(ys_all)}
     handles: dict = {}
@@ -442,50 +306,3 @@ def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
     if note:
         ax.set_title(note, fontsize=8, color=DIVERGED["color"])
     return fig
-
-
-def default_axes(results) -> list[str]:
-    """The axes a figure uses when none are given: swept knobs, gamma first, no derived columns."""
-    axes = independent_axes(results)
-    return sorted(axes, key=lambda a: a != "gamma")
-
-
-def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | None = None,
-         color: str | None = None, facet: str | None = None, metric: str | None = None) -> Path:
-    """Compute and draw one figure; the format follows out's suffix (.png, .svg, .pdf).
-
-    `metric` is what the figure measures (phase: the color; `color` is its alias there);
-    by default `analysis.default_metric`.
-    """
-    out = Path(out)
-    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise AnalysisError(f"{out}: the figure must end in .png, .svg or .pdf")
-    if kind not in KINDS:
-        raise AnalysisError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
-    if metric and color and metric != color:
-        raise AnalysisError("give the metric once: --metric and --color name different columns")
-    lazy = source(results)
-    metric = metric or color or (default_metric(lazy) if kind != "loss" else None)
-    if kind == "phase":
-        axes = default_axes(lazy)
-        x = x or (axes[0] if axes else None)
-        y = y or next((a for a in axes if a != x), None)
-        if x is None or y is None:
-            raise AnalysisError("a phase diagram needs two varying axes (give --x and --y)")
-        fig = draw_phase(phase_data(lazy, x, y, metric, facet))
-    elif kind == "scaling":
-        fig = draw_scaling(scaling_data(lazy, metric, x or "gamma"))
-    elif kind == "width":
-        fig = draw_width(width_data(lazy, metric, x or "gamma"), metric, x or "gamma")
-    else:
-        if y == SEED:
-            raise AnalysisError("seed cannot be a series: runs that differ only in seed are pooled")
-        x = x or "gamma"
-        y = y or next((a for a in default_axes(lazy) if a != x), None)   # one series per value, not pooled
-        fig = draw_loss(loss_data(lazy, x, y), x, y)
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=200)
-    plt.close(fig)
-    return out

@@ -1,0 +1,74 @@
+"""Figures: compute plain data first (`*_data`, polars frames and dicts), then draw it thinly.
+
+    plot("results/quickstart", kind="phase", x="gamma", y="temperature", color="n_distinct",
+         out="phase.png")
+
+Kinds: `phase` (heat map over two axes colored by a metric, or by the modal symmetry class with
+the seeds' agreement shown, critical points with their CIs overlaid, optional facets over a third
+axis), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
+bootstrap band), `width` (metric against width, one line per gamma), `loss` (train and test loss
+along an axis). Default axes are the swept knobs, never columns derived from them (batch_size
+along temperature); the default metric is `analysis.default_metric`. Diverged and failed runs
+are never averaged in silently: they are counted in the title and marked where they happened,
+and a value where fewer than half of the seeds finished is not drawn. Axes whose grid spans more
+than a factor 10 are drawn on log scales, and every axis ends at the data's extent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from phasemap.analysis import SEED, AnalysisError, default_metric, independent_axes, source
+from phasemap.plots.data import loss_data, phase_data, scaling_data, width_data
+from phasemap.plots.draw import LABELS, cell_edges, draw_loss, draw_phase, draw_scaling, draw_width, label
+
+__all__ = ["KINDS", "LABELS", "cell_edges", "default_axes", "draw_loss", "draw_phase", "draw_scaling", "draw_width", "label",
+           "loss_data", "phase_data", "plot", "scaling_data", "width_data"]
+
+KINDS = ("phase", "scaling", "width", "loss")
+
+def default_axes(results) -> list[str]:
+    """The axes a figure uses when none are given: swept knobs, gamma first, no derived columns."""
+    axes = independent_axes(results)
+    return sorted(axes, key=lambda a: a != "gamma")
+
+
+def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | None = None,
+         color: str | None = None, facet: str | None = None, metric: str | None = None) -> Path:
+    """Compute and draw one figure; the format follows out's suffix (.png, .svg, .pdf).
+
+    `metric` is what the figure measures (phase: the color; `color` is its alias there);
+    by default `analysis.default_metric`.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise AnalysisError(f"{out}: the figure must end in .png, .svg or .pdf")
+    if kind not in KINDS:
+        raise AnalysisError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
+    if metric and color and metric != color:
+        raise AnalysisError("give the metric once: --metric and --color name different columns")
+    lazy = source(results)
+    metric = metric or color or (default_metric(lazy) if kind != "loss" else None)
+    if kind == "phase":
+        axes = default_axes(lazy)
+        x = x or (axes[0] if axes else None)
+        y = y or next((a for a in axes if a != x), None)
+        if x is None or y is None:
+            raise AnalysisError("a phase diagram needs two varying axes (give --x and --y)")
+        fig = draw_phase(phase_data(lazy, x, y, metric, facet))
+    elif kind == "scaling":
+        fig = draw_scaling(scaling_data(lazy, metric, x or "gamma"))
+    elif kind == "width":
+        fig = draw_width(width_data(lazy, metric, x or "gamma"), metric, x or "gamma")
+    else:
+        if y == SEED:
+            raise AnalysisError("seed cannot be a series: runs that differ only in seed are pooled")
+        x = x or "gamma"
+        y = y or next((a for a in default_axes(lazy) if a != x), None)   # one series per value, not pooled
+        fig = draw_loss(loss_data(lazy, x, y), x, y)
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=200)
+    plt.close(fig)
+    return out
