@@ -17,6 +17,7 @@ LABELS = {
 }
 SYMBOLS = {"gamma": "γ", "temperature": "T", "sigma": "σ", "lr": "η", "batch_size": "S"}   # in legends
 MAX_LINES = 7    # lines in a width plot
+MAX_ROWS = 12    # up to this many y values a phase diagram draws one equal row per value
 MAX_COUNTS = 12  # grid values per axis up to which a class map writes the agreement count into cells
 DIVERGED = {"marker": "x", "color": "#d62728", "ms": 6, "mew": 1.6, "ls": "none"}
 
@@ -91,12 +92,13 @@ def _outlined(width: float = 2.2, color: str = "black"):
     return [patheffects.withStroke(linewidth=width, foreground=color)]
 
 
-def _draw_critical(ax, crit: pl.DataFrame, y: str, handles: dict) -> None:
-    """Resolved points with horizontal CI bars, unresolved brackets as segments."""
+def _draw_critical(ax, crit: pl.DataFrame, y: str, ypos, handles: dict) -> None:
+    """Resolved points with horizontal CI bars, unresolved brackets as segments; ypos maps a
+    y value to its place on the axis (a row index when the rows are few)."""
     resolved = crit.filter(pl.col("resolved"))
     for (f, t), line in resolved.group_by(["from", "to"], maintain_order=True):
         line = line.sort(y)
-        xs, ys = line["critical"].to_numpy(), line[y].to_numpy()
+        xs, ys = line["critical"].to_numpy(), np.array([ypos(v) for v in line[y]])
         err = np.vstack([xs - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - xs])
         bars = ax.errorbar(xs, ys, xerr=err, fmt="o-" if line.height >= 3 else "o", color="white", ms=3.5,
                            lw=1.0, mec="black", mew=0.5, ecolor="white", elinewidth=1.0, capsize=1.5, zorder=4)
@@ -107,7 +109,7 @@ def _draw_critical(ax, crit: pl.DataFrame, y: str, handles: dict) -> None:
         handles.setdefault("critical points (95% CI)", bars)
     unresolved = crit.filter(~pl.col("resolved") & pl.col("critical").is_not_null())
     for row in unresolved.iter_rows(named=True):
-        (seg,) = ax.plot([row["ci_low"], row["ci_high"]], [row[y], row[y]], "|-", color="#ff7f0e", lw=2.0,
+        (seg,) = ax.plot([row["ci_low"], row["ci_high"]], [ypos(row[y])] * 2, "|-", color="#ff7f0e", lw=2.0,
                          ms=8, mew=2.0, clip_on=False, zorder=4)
         handles.setdefault("unresolved: several levels in one grid step", seg)
 
@@ -166,9 +168,21 @@ def draw_phase(data: dict):
         unused.set_visible(False)
     xs_all = cells[x].unique().sort().to_numpy()
     ys_all = cells[y].unique().sort().to_numpy()
-    xe, ye = cell_edges(xs_all, data["log_x"]), cell_edges(ys_all, data["log_y"])
     xi = {v: i for i, v in enumerate(xs_all)}
     yi = {v: i for i, v in enumerate(ys_all)}
+    xe = cell_edges(xs_all, data["log_x"])
+    rows = len(ys_all) <= MAX_ROWS    # a few y values: one equal row each, labelled with its value
+    if rows:
+        data = {**data, "log_y": False}
+        ye = np.arange(len(ys_all) + 1) - 0.5
+
+        def ypos(v):
+            return yi[v]
+    else:
+        ye = cell_edges(ys_all, data["log_y"])
+
+        def ypos(v):
+            return v
     handles: dict = {}
     if data["categorical"]:
         classes = sorted(cells["value"].drop_nulls().unique().to_list(), key=lambda c: (c == "other", c))
@@ -189,9 +203,14 @@ def draw_phase(data: dict):
         _draw_excluded(ax, part, data, xe, ye, xi, yi, handles)
         if data["critical"] is not None and data["critical"].height:
             crit = data["critical"] if value is None else data["critical"].filter(pl.col(facet) == value)
-            _draw_critical(ax, crit, y, handles)
+            _draw_critical(ax, crit, y, ypos, handles)
         _scale(ax, "x", data["log_x"], xe)
-        _scale(ax, "y", data["log_y"], ye)
+        if rows:
+            ax.set_yticks(range(len(ys_all)), [f"{v:.4g}" if isinstance(v, float) else str(v) for v in ys_all])
+            ax.set_ylim(ye[0], ye[-1])
+            ax.tick_params(axis="y", which="minor", left=False)
+        else:
+            _scale(ax, "y", data["log_y"], ye)
         ax.set_xlabel(label(x))
         if value is not None:
             ax.set_title(f"{label(facet)} = {value:.3g}" if isinstance(value, float) else f"{label(facet)} = {value}")
