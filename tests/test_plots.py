@@ -112,9 +112,19 @@ def test_default_axes_are_the_swept_knobs_not_derived_columns():
     fig = draw_phase(phase_data(runs, *default_axes(runs), "n_distinct"))
     ax = fig.axes[0]
     assert ax.get_ylabel() == "T = η/S"
-    # cells end at the data: no axis runs past the grid (a batch size axis once reached below 0)
-    assert ax.get_ylim() == pytest.approx((0.0, 0.005)) and ax.get_xlim() == pytest.approx((1e-4, 1e-1))
+    # cells end at the data: no axis runs past the grid (a batch size axis once reached below 0);
+    # two temperatures are two equal rows labelled with their values
+    assert ax.get_xlim() == pytest.approx((1e-4, 1e-1))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "0.005"]
+    assert ax.get_ylim() == pytest.approx((-0.5, 1.5))
     assert (cell_edges(np.array([0.0, 0.005]), log=False) >= 0).all()
+
+
+def test_a_y_axis_with_many_values_ends_at_the_data():
+    rows = [{"gamma": float(g), "sigma": float(s), "seed": 0, "n_distinct": int(3 + s > g), "status": "ok"}
+            for g in np.geomspace(0.1, 10, 8) for s in np.linspace(0.0, 2.0, 20)]
+    ax = draw_phase(phase_data(pl.DataFrame(rows), "gamma", "sigma", "n_distinct")).axes[0]
+    assert ax.get_ylim() == pytest.approx((0.0, 2.0)) and ax.get_xlim() == pytest.approx((0.1, 10))
 
 
 def test_legends_name_every_overlay_and_log_axes_under_a_decade_have_labels(frame):
