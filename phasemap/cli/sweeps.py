@@ -92,10 +92,12 @@ def run(
     except (StoreError, ClusterConnectError) as err:
         fail(str(err), 1)
     except SweepInterrupted as err:
-        progress.stop()
+        if state:
+            progress.stop()
         stopped(sweep, out_dir, err.signum, max_configs)
     finally:
-        progress.stop()
+        if state:            # started by on_start: a run with nothing to do draws no bar
+            progress.stop()
     report(sweep.name, out_dir, summary)
 
 
