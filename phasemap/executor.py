@@ -180,11 +180,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float, wait: float) -> int:
     """Refuse a trial size that no alive node can hold (after waiting `wait` s for nodes to join);
-    return how many trials fit at once."""
+    return how many trials fit at once. cpus_per_trial > 0 (run_sweep checks it before Ray starts)."""
     import ray
 
-    if cpus_per_trial <= 0:
-        raise ResourceError(f"--cpus-per-trial {cpus_per_trial:g}: a trial needs a positive share of a CPU")
     deadline = time.monotonic() + wait
     while True:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
