@@ -31,6 +31,7 @@ from phasemap.spec import load_spec
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_VAR = "PHASEMAP_SWEEP_YAML"
+AGENT_WAIT_S = 60.0    # how long submit retries while the head's job agent is not ready
 
 
 class ClusterError(RuntimeError):
@@ -126,9 +127,18 @@ class Cluster:
         command += list(run_args)
         # The sweep file rides in the job's environment and reaches `phasemap run` on stdin.
         entrypoint = f"printenv {SPEC_VAR} | {shlex.join(command)}"
-        return self.call(self.client.submit_job, entrypoint=entrypoint, submission_id=job_id,
-                         runtime_env={"env_vars": {SPEC_VAR: Path(spec_path).read_text()}},
-                         metadata={"phasemap_sweep": sweep.name, "phasemap_out": out})
+        # A head whose job agent is (re)starting answers "No available agent to submit job, please
+        # try again later": it does, for a while, before giving up.
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return self.call(self.client.submit_job, entrypoint=entrypoint, submission_id=job_id,
+                                 runtime_env={"env_vars": {SPEC_VAR: Path(spec_path).read_text()}},
+                                 metadata={"phasemap_sweep": sweep.name, "phasemap_out": out})
+            except ClusterError as err:
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     def status(self, job_id: str) -> str:
         return str(self.call(self.client.get_job_status, job_id).value)

@@ -257,3 +257,28 @@ def test_the_shipped_cluster_configs_turn_on_token_auth_and_keep_the_dashboard_p
 
     local = (ROOT / "cluster" / "local.sh").read_text()
     assert "RAY_AUTH_MODE=token" in local and "--dashboard-host 127.0.0.1" in local
+
+
+def test_submit_waits_for_a_job_agent_that_is_not_ready_yet(tmp_path, monkeypatch):
+    from phasemap import jobs
+
+    class Client:
+        calls = 0
+
+        def submit_job(self, **kwargs):
+            Client.calls += 1
+            if Client.calls < 3:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, "
+                                   "please try again later.")
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    cluster = jobs.Cluster.__new__(jobs.Cluster)
+    cluster.address, cluster._token, cluster.client = "http://127.0.0.1:1", None, Client()
+    spec = write_sweep(tmp_path, "agent", 10)
+    assert cluster.submit(spec, [], str(tmp_path / "out"), submission_id="job-1") == "job-1"
+    assert Client.calls == 3
+    monkeypatch.setattr(jobs, "AGENT_WAIT_S", -1.0)     # past the wait: the error, in one line
+    Client.calls = 0
+    with pytest.raises(jobs.ClusterError, match="refused the request: .*No available agent"):
+        cluster.submit(spec, [], str(tmp_path / "out"), submission_id="job-2")
