@@ -194,15 +194,19 @@ def check_writable(out: str | Path) -> None:
         raise StoreError(f"cannot write results to {out}: {_reason(err)}") from err
 
 
-def files(out: str | Path) -> list[str]:
-    """The Parquet files of a results location (temporaries excluded), sorted."""
+DAMAGED_SUFFIX = ".damaged"   # appended by `run` to a file it cannot read, so that no reader sees it
+
+
+def files(out: str | Path, suffix: str = ".parquet") -> list[str]:
+    """The Parquet files of a results location (temporaries excluded), sorted; with
+    suffix=".parquet" + DAMAGED_SUFFIX, the damaged files `run` has set aside."""
     fs, folder = location(out)
     try:
         infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"cannot read results at {out}: {_reason(err)}") from err
     return sorted(i.path for i in infos
-                  if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                  if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
                   and not i.base_name.startswith((".", "_")))
 
 
@@ -210,7 +214,6 @@ class DamagedFileWarning(UserWarning):
     """A results file that cannot be read: named, skipped by readers, set aside by `run`."""
 
 
-DAMAGED_SUFFIX = ".damaged"
 _READERS = 8     # files read at once: footers and small columns are latency-bound on object stores
 
 

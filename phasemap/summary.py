@@ -58,7 +58,7 @@ def varying_axes(frame: pl.LazyFrame) -> list[str]:
 
 
 def summarize(results: str | Path) -> dict:
-    """Runs, status counts, sweeps and varying axes with their values."""
+    """Runs, status counts, sweeps, varying axes with their values, and damaged files set aside."""
     found = readable(results)
     frame = scan(results, found)
     axes = {c: frame.select(pl.col(c).unique().sort()).collect()[c].to_list() for c in varying_axes(frame)}
@@ -70,5 +70,6 @@ def summarize(results: str | Path) -> dict:
         "status": {row["status"]: int(row["len"]) for row in status.iter_rows(named=True)},
         "sweeps": sweeps,
         "files": sum(map(len, found)),
+        "set_aside": store.files(results, ".parquet" + store.DAMAGED_SUFFIX),
         "axes": axes,
     }

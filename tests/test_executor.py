@@ -158,6 +158,8 @@ def test_a_damaged_file_is_set_aside_and_its_configs_run_again(tmp_path):
     assert "wrote 2 rows" in rerun.output and not victim.exists() and Path(f"{victim}.damaged").exists()
     frame = pl.read_parquet(store.files(out))
     assert frame.height == 4 and frame["run_id"].n_unique() == 4
+    shown = invoke("show", out)
+    assert f"1 damaged file(s) set aside by run, their configs trained again: {victim}.damaged" in shown.output
 
 
 def test_summary_counts_what_is_on_disk(tmp_path):

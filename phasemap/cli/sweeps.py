@@ -153,6 +153,9 @@ def show(
     console.print(f"[bold]{info['path']}[/]: {info['runs']} runs in {info['files']} files "
                   f"(sweeps: {', '.join(info['sweeps'])})")
     console.print("status: " + ", ".join(f"{k} {v}" for k, v in sorted(info["status"].items())))
+    if info["set_aside"]:
+        console.print(f"{len(info['set_aside'])} damaged file(s) set aside by run, their configs trained again: "
+                      + ", ".join(escape(p) for p in info["set_aside"]), highlight=False)
     for axis, values in info["axes"].items():
         shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:12])
         more = f" … ({len(values)} values)" if len(values) > 12 else ""
