@@ -71,5 +71,19 @@ def summarize(results: str | Path) -> dict:
         "sweeps": sweeps,
         "files": sum(map(len, found)),
         "set_aside": store.files(results, ".parquet" + store.DAMAGED_SUFFIX),
+        "notes": _rank_notes(frame),
         "axes": axes,
     }
+
+
+def _rank_notes(frame: pl.LazyFrame) -> list[str]:
+    """Which rank column answers what, where the whole product's rank cannot say much."""
+    names = frame.collect_schema().names()
+    if "weight_rank" not in names or "output_dim" not in names:
+        return []
+    widest = frame.select(pl.col("output_dim").max()).collect().item()
+    if widest is None or widest > 1:
+        return []
+    return ["weight_rank is the rank of the whole product W_D...W_1, at most output_dim = 1 here: "
+            "for rank questions use layer_weight_rank (each layer's weights) or rep_rank (the last hidden "
+            "representation on the test inputs)"]

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from phasemap import store
-from phasemap.analysis import AnalysisError, critical, crossings, default_metric, scaling
+from phasemap.analysis import AnalysisError, ControlsLeftOut, critical, crossings, default_metric, scaling
 from phasemap.cli import app
 from phasemap.grid import expand
 from phasemap.runner import run_chunk
@@ -149,6 +149,23 @@ def test_scaling_ci_carries_the_grid_uncertainty():
     # only resolved single-level drops are fitted; the others are listed
     assert out["unresolved"] and all(r["from"] - r["to"] > 1 for r in out["unresolved"])
     assert all(lo <= x <= hi for (x, _), (lo, hi) in zip(out["points"], out["points_ci"]))
+
+
+def test_gamma_zero_controls_are_left_out_of_a_log_axis_with_a_warning():
+    gammas = np.geomspace(0.15, 3.0, 36)
+    with_controls = pl.concat([rank_table(gammas), rank_table([0.0])])
+    with pytest.warns(ControlsLeftOut, match="4 runs at gamma <= 0 .controls. left out"):
+        found = critical(with_controls, "weight_rank", "gamma")
+    assert found.equals(critical(rank_table(gammas), "weight_rank", "gamma"))   # log interpolation as without them
+    c, alpha = 4.0, 0.5
+    power = rank_table(np.geomspace(0.3, 4.5, 40), spectrum=[c * i ** -alpha for i in range(1, 201)], seeds=2)
+    with pytest.warns(ControlsLeftOut):
+        out = scaling(pl.concat([power, rank_table([0.0], seeds=2)]), metric="weight_rank")
+    assert out["n_controls"] == 2 and out["beta"] == scaling(power, metric="weight_rank")["beta"]
+    # a linear axis keeps its zero: nothing is left out
+    linear = rank_table(np.linspace(0.0, 3.0, 31))
+    assert critical(linear, "weight_rank", "gamma").height == critical(linear.filter(pl.col("gamma") >= 0),
+                                                                        "weight_rank", "gamma").height
 
 
 def test_scaling_needs_two_resolved_transitions():

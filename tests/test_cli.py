@@ -91,3 +91,14 @@ def test_a_damaged_file_is_one_warning_line_and_the_rest_is_read(capsys, tmp_pat
     assert err.strip().splitlines() == [f"warning: {damaged} is not a readable Parquet file (Parquet magic bytes "
                                         "not found in footer. Either the file is corrupted or this is not a parquet "
                                         "file.): skipped"]
+
+
+def test_show_says_which_rank_column_to_read_for_scalar_outputs(capsys, tmp_path):
+    for out_dim, folder in ((1, tmp_path / "scalar"), (5, tmp_path / "vector")):
+        folder.mkdir()
+        pl.DataFrame({"run_id": ["a", "b"], "status": ["ok", "ok"], "sweep": ["s", "s"], "gamma": [0.1, 0.2],
+                      "output_dim": [out_dim] * 2, "weight_rank": [1, 1]}).write_parquet(folder / "part-0.parquet")
+    code, out, _ = run_main(capsys, "show", tmp_path / "scalar")
+    assert code == 0 and "note: weight_rank is the rank of the whole product" in out and "layer_weight_rank" in out
+    code, out, _ = run_main(capsys, "show", tmp_path / "vector")
+    assert code == 0 and "note:" not in out

@@ -39,12 +39,12 @@ n_distinct otherwise.
 """
 
 from phasemap.analysis.critical import CRITICAL_SCHEMA, critical, crossings, group_transitions
-from phasemap.analysis.runs import (MIN_SEED_SHARE, OK, PRIMARY_AXES, SEED, AnalysisError, Curve, Results,
-                                    default_metric, frame, group_columns, independent_axes, require_columns,
-                                    seed_curves, source, use_log, varying_axes)
+from phasemap.analysis.runs import (MIN_SEED_SHARE, OK, PRIMARY_AXES, SEED, AnalysisError, ControlsLeftOut, Curve,
+                                    Results, default_metric, drop_log_controls, frame, group_columns,
+                                    independent_axes, require_columns, seed_curves, source, use_log, varying_axes)
 from phasemap.analysis.scaling import ScalingFit, scaling, scaling_fit, width_saturation
 
-__all__ = ["CRITICAL_SCHEMA", "MIN_SEED_SHARE", "OK", "PRIMARY_AXES", "SEED", "AnalysisError", "Curve", "Results",
-           "ScalingFit", "critical", "crossings", "default_metric", "frame", "group_columns", "group_transitions",
-           "independent_axes", "require_columns", "scaling", "scaling_fit", "seed_curves", "source", "use_log",
-           "varying_axes", "width_saturation"]
+__all__ = ["CRITICAL_SCHEMA", "MIN_SEED_SHARE", "OK", "PRIMARY_AXES", "SEED", "AnalysisError", "ControlsLeftOut",
+           "Curve", "Results", "ScalingFit", "critical", "crossings", "default_metric", "drop_log_controls", "frame",
+           "group_columns", "group_transitions", "independent_axes", "require_columns", "scaling", "scaling_fit",
+           "seed_curves", "source", "use_log", "varying_axes", "width_saturation"]

@@ -180,7 +180,7 @@ def critical(results: Results, metric: str, axis: str, by: list[str] | None = No
 
         critical("results/linear-rank", "weight_rank", "gamma").filter(pl.col("resolved"))
     """
-    data, metric, groups = load(results, metric, axis, by)
+    data, metric, groups, _ = load(results, metric, axis, by)   # controls left out: warned
     log = use_log(data[axis].unique().to_numpy().astype(float))
     rng = np.random.default_rng(seed)
     rows = []

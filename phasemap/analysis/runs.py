@@ -3,6 +3,7 @@ and each group's per-seed curve along the axis (ok runs averaged, the others cou
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,16 +162,43 @@ def seed_curves(data: pl.DataFrame, metric: str, axis: str, groups: list[str]) -
     return out
 
 
+class ControlsLeftOut(UserWarning):
+    """Runs at axis value <= 0 (e.g. gamma = 0 controls) left out of a log axis."""
+
+
+def _spread(steps: np.ndarray) -> float:
+    """Relative spread of grid steps (0 for an evenly spaced grid)."""
+    return float(np.std(steps) / np.mean(steps))
+
+
+def drop_log_controls(data: pl.DataFrame, axis: str) -> tuple[pl.DataFrame, int]:
+    """Leave out runs at axis <= 0 when the positive values span more than a factor 10 and are
+    spaced more evenly in log than in linear scale (gamma in logspace plus gamma = 0 controls);
+    return the rest and how many were left out."""
+    values = data[axis].unique().drop_nulls().sort().to_numpy().astype(float)
+    positive = values[values > 0]
+    if not (values <= 0).any() or len(positive) < 2 or not use_log(positive):
+        return data, 0
+    if len(positive) >= 3 and _spread(np.diff(np.log(positive))) >= _spread(np.diff(positive)):
+        return data, 0      # evenly spaced, e.g. linspace from 0: a linear axis that includes its zero
+    kept = data.filter(pl.col(axis) > 0)
+    dropped = data.height - kept.height
+    warnings.warn(f"{dropped} runs at {axis} <= 0 (controls) left out: {axis} is read on a log axis "
+                  f"from {positive.min():.4g} to {positive.max():.4g}", ControlsLeftOut, stacklevel=3)
+    return kept, dropped
+
+
 def load(results: Results, metric: str | None, axis: str, by: list[str] | None = None,
-          extra: tuple[str, ...] = ()) -> tuple[pl.DataFrame, str, list[str]]:
-    """One read of the columns needed (every status); checked metric and axis; the group columns."""
+         extra: tuple[str, ...] = ()) -> tuple[pl.DataFrame, str, list[str], int]:
+    """One read of the columns needed (every status); checked metric and axis; the group columns;
+    how many runs at axis <= 0 were left out of a log axis (`drop_log_controls`)."""
     lazy = source(results)
     schema = lazy.collect_schema()
     metric = metric or default_metric(lazy)
     require_columns(schema, metric, (axis,), by)
     others = by if by is not None else [c for c in varying_axes(lazy) if c not in (axis, SEED)]
     columns = [c for c in dict.fromkeys([*others, SEED, axis, metric, "status", *extra]) if c in schema.names()]
-    data = lazy.select(columns).collect()
+    data, controls = drop_log_controls(lazy.select(columns).collect(), axis)
     groups = by if by is not None else (
         _knobs(data.select(axis, *others).unique(), others, (axis,)) if others else [])
     ok = data.filter((pl.col("status") == OK) & pl.col(metric).is_not_null())
@@ -178,4 +206,4 @@ def load(results: Results, metric: str | None, axis: str, by: list[str] | None =
         raise AnalysisError(f"no runs with status ok and a value of {metric} in these results")
     if data[axis].n_unique() < 2:
         raise AnalysisError(f"axis {axis!r} has a single value; nothing changes along it")
-    return data.drop([c for c in others if c not in groups and c not in extra]), metric, groups
+    return data.drop([c for c in others if c not in groups and c not in extra]), metric, groups, controls

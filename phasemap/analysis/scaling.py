@@ -33,6 +33,7 @@ class ScalingFit:
     runs: pl.DataFrame      # the ok runs: axis, metric (and seed, width)
     n_excluded: int         # runs not used: diverged, failed or without the metric
     unresolved: list[dict]  # transitions left out of the fit: several levels in one bracket
+    n_controls: int = 0     # runs at axis <= 0 (gamma = 0 controls) left out of the log axis
 
 
 def _envelope(curve: Curve, axis: str, n_boot: int, rng, min_seed_share: float):
@@ -61,7 +62,7 @@ def scaling_fit(results: Results, metric: str | None = None, axis: str = "gamma"
                 quantile: float = 0.9, n_boot: int = 200, seed: int = 0,
                 min_seed_share: float = MIN_SEED_SHARE) -> ScalingFit:
     """Fit the bound metric <= C axis^(-beta) (metric: `default_metric` when None)."""
-    data, metric, _ = load(results, metric, axis, [], extra=("width",))
+    data, metric, _, controls = load(results, metric, axis, [], extra=("width",))
     ok = data.filter((pl.col("status") == OK) & pl.col(metric).is_not_null())
     if (data[axis] <= 0).any():
         raise AnalysisError(f"axis {axis!r} has values <= 0; a power law needs positive values")
@@ -100,7 +101,8 @@ def scaling_fit(results: Results, metric: str | None = None, axis: str = "gamma"
         raise AnalysisError(f"unknown method {method!r}; use transitions or quantile")
     beta, c = _fit_line(xs, ys)
     return ScalingFit(metric, axis, method, beta, c, np.stack([xs, ys], axis=1), points_ci,
-                      np.array(fits).reshape(-1, 2), ok.drop("status"), data.height - ok.height, unresolved)
+                      np.array(fits).reshape(-1, 2), ok.drop("status"), data.height - ok.height, unresolved,
+                      controls)
 
 
 def scaling(results: Results, metric: str | None = None, axis: str = "gamma", method: str = "transitions",
@@ -124,7 +126,8 @@ def scaling(results: Results, metric: str | None = None, axis: str = "gamma", me
         "metric": fit.metric, "axis": axis, "method": fit.method, "beta": fit.beta, "C": fit.C,
         "beta_ci": interval(fit.fits[:, 0], fit.beta), "C_ci": interval(fit.fits[:, 1], fit.C),
         "points": fit.points.tolist(), "points_ci": fit.points_ci.tolist(), "unresolved": fit.unresolved,
-        "n_runs": runs.height, "n_excluded": fit.n_excluded, "violations": violations,
+        "n_runs": runs.height, "n_excluded": fit.n_excluded, "n_controls": fit.n_controls,
+        "violations": violations,
         "width_saturation": width_saturation(runs, fit.metric, axis),
     }
 

@@ -160,3 +160,5 @@ def show(
         shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values[:12])
         more = f" … ({len(values)} values)" if len(values) > 12 else ""
         console.print(f"  {axis}: {escape(shown)}{more}", highlight=False)
+    for note in info["notes"]:
+        console.print(f"note: {escape(note)}", highlight=False)
