@@ -39,7 +39,7 @@ class Batch:
     """M models of one shape, ready to train. Shapes in comments; d = d_in, k = d_out."""
 
     x: Tensor                 # (M, N, d) train inputs
-    y: Tensor                 # (M, N, k) train targets (label noise included)
+    y: Tensor                 # (M, N, k) train targets (fixed label noise included; fresh noise is per step)
     x_test: Tensor            # (M, Nt, d)
     y_test: Tensor            # (M, Nt, k) noiseless
     weights: list[Tensor]     # W_l: (M, fan_in, fan_out)
@@ -47,11 +47,13 @@ class Batch:
     gamma: Tensor             # (M,)
     lr: Tensor                # (M,)
     batch_size: Tensor        # (M,) int64
-    input_noise: Tensor       # (M,) sigma of per-step input noise (0 for label noise)
+    input_noise: Tensor       # (M,) sigma of per-step input noise (0 unless noise_on is inputs)
+    label_noise: Tensor       # (M,) sigma of per-step label noise (0 unless noise_on is fresh_labels)
     beta1: Tensor             # (M,)
     beta2: Tensor             # (M,)
     eps: Tensor               # (M,)
-    keys: Tensor              # (M,) int64 per-model stream key for minibatches and noise
+    keys: Tensor              # (M,) int64 per-model stream key for minibatches and input noise
+    label_keys: Tensor        # (M,) int64 per-model stream key for fresh label noise
     activation: str
     optimizer: str
     steps: int
@@ -110,10 +112,14 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
         batch_size=per_model("batch_size", torch.int64),
         input_noise=torch.tensor(
             [c["sigma"] if c["noise_on"] == "inputs" else 0.0 for c in configs], dtype=dtype, device=device),
+        label_noise=torch.tensor(
+            [c["sigma"] if c["noise_on"] == "fresh_labels" else 0.0 for c in configs], dtype=dtype, device=device),
         beta1=per_model("beta1"),
         beta2=per_model("beta2"),
         eps=per_model("eps"),
         keys=torch.tensor([rng.derive_seed(c["seed"], "sgd") for c in configs], dtype=torch.int64, device=device),
+        label_keys=torch.tensor([rng.derive_seed(c["seed"], "label_noise") for c in configs], dtype=torch.int64,
+                                device=device),
         activation=first["activation"],
         optimizer=first["optimizer"],
         steps=first["steps"],
@@ -141,6 +147,7 @@ class _Minibatches:
         # Full-batch models keep their samples in order, as they would in a batch of their own.
         self.in_order = (batch.batch_size == n)[:, None]
         self.noisy = bool((batch.input_noise > 0).any())
+        self.fresh_labels = bool((batch.label_noise > 0).any())
 
     def __call__(self, step: int) -> tuple[Tensor, Tensor]:
         b = self.batch
@@ -153,7 +160,14 @@ class _Minibatches:
         if self.noisy:
             noise = rng.normal(b.keys ^ 0x5DEECE66D, step, tuple(x.shape[1:]), x.dtype)
             x = x + b.input_noise[:, None, None] * noise
+        if self.fresh_labels:   # label-noise SGD: new noise on the step's targets, from the model's own stream
+            y = y + b.label_noise[:, None, None] * rng.normal(b.label_keys, step, tuple(y.shape[1:]), y.dtype)
         return x, y
+
+    @property
+    def same_every_step(self) -> bool:
+        """Full batch and no per-step noise: every step sees the same x and y."""
+        return self.full and not self.noisy and not self.fresh_labels
 
 
 def pos_like(idx: Tensor) -> Tensor:
@@ -204,8 +218,8 @@ def fit(batch: Batch, backend: str | None = None) -> Result:
         hyper.update(beta1=batch.beta1, beta2=batch.beta2, eps=batch.eps)
     diverged_step = torch.full((batch.n_models,), -1, dtype=torch.int64, device=batch.x.device)
     # The fused kernel runs up to the next divergence check in one call when the batch is the
-    # same every step (full batch, no input noise); otherwise it gets each step's sample.
-    span = CHECK_EVERY if backend == "fused" and sample.full and not sample.noisy else 1
+    # same every step (full batch, no per-step noise); otherwise it gets each step's sample.
+    span = CHECK_EVERY if backend == "fused" and sample.same_every_step else 1
     sample_weight = sample.weight[..., 0].contiguous() if backend == "fused" else None   # (M, k)
 
     t = 0

@@ -98,7 +98,9 @@ class TaskSpec(_Section):
     input_dist: Literal["gaussian", "sin_gaussian"] = "gaussian"
     input_scale: PosFloat = 1.0
     sigma: NonNegFloat = 0.0
-    noise_on: Literal["labels", "inputs"] = "labels"
+    # labels: noise added once to the train targets; fresh_labels: new label noise at every step
+    # (label-noise SGD); inputs: new input noise at every step
+    noise_on: Literal["labels", "fresh_labels", "inputs"] = "labels"
     teacher_rank: Dim | None = None
     data_seed: Seed | None = None
     # mlp teachers

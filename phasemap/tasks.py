@@ -49,7 +49,8 @@ def _mlp_forward(weights: list[torch.Tensor], x: torch.Tensor, activation: str, 
 
 
 def make_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Train and test sets for one resolved config. Test targets are noiseless."""
+    """Train and test sets for one resolved config. Test targets are noiseless; train targets carry
+    fixed label noise only with noise_on: labels (fresh_labels draws it per step in the engine)."""
     seed = cfg["data_seed"] if cfg["data_seed"] is not None else cfg["seed"]
     gen = torch.Generator().manual_seed(derive_seed(seed, "data"))
     x_train, x_test = _inputs(gen, cfg["n_train"], cfg), _inputs(gen, cfg["n_test"], cfg)

@@ -116,6 +116,38 @@ def test_input_noise_is_per_step_and_reproducible(tiny):
     assert torch.allclose(first.weights[0][1], again.weights[0][0], rtol=1e-5, atol=1e-7)
 
 
+def test_fresh_label_noise_is_new_every_step_and_the_same_alone_or_in_a_batch(tiny):
+    raw = tiny(task={"noise_on": "fresh_labels"}, train={"steps": 40, "batch_size": 8},
+               grid={"sigma": [0.0, 0.5], "seed": {"range": 2}})
+    configs = configs_of(raw)
+    together = engine.fit(engine.build_batch(configs))
+    for i, cfg in enumerate(configs):
+        alone = engine.fit(engine.build_batch([cfg]))
+        assert torch.allclose(together.weights[0][i], alone.weights[0][0], rtol=1e-5, atol=1e-7)
+    # the train targets stay clean: the noise is drawn per step, not stored
+    noisy = next(c for c in configs if c["sigma"] == 0.5)
+    clean_targets = make_data({**noisy, "sigma": 0.0})["y_train"]
+    assert torch.equal(engine.build_batch([noisy]).y[0], clean_targets)
+    sample = engine._Minibatches(engine.build_batch([noisy]))
+    (_, y0), (_, y1), (_, y0_again) = sample(0), sample(1), sample(0)
+    assert torch.equal(y0, y0_again) and not torch.allclose(y0, y1)
+    # sigma = 0 trains exactly like fixed label noise of 0
+    zero = next(c for c in configs if c["sigma"] == 0.0 and c["seed"] == 0)
+    fixed = configs_of(tiny(train={"steps": 40, "batch_size": 8}, grid={"sigma": [0.0], "seed": [0]}))[0]
+    a, b = engine.fit(engine.build_batch([zero])), engine.fit(engine.build_batch([fixed]))
+    assert torch.equal(a.weights[0], b.weights[0])
+
+
+def test_fresh_label_noise_is_not_memorised_like_fixed_noise(tiny):
+    # the student fits fixed noisy targets; with fresh noise each step it cannot, and ends nearer the teacher
+    base = {"task": {"n_train": 16, "n_test": 64, "sigma": 1.0}, "model": {"width": 32, "init_scale": 0.5},
+            "train": {"steps": 1500, "lr": 0.1}, "grid": {"seed": {"range": 3}}}
+    fixed = run_chunk(configs_of(tiny(**{**base, "task": {**base["task"], "noise_on": "labels"}})), "cpu")
+    fresh = run_chunk(configs_of(tiny(**{**base, "task": {**base["task"], "noise_on": "fresh_labels"}})), "cpu")
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)      # noqa: E731
+    assert mean(fresh, "test_loss") < mean(fixed, "test_loss")
+
+
 def test_subset_prefix_does_not_depend_on_the_largest_batch():
     keys = torch.tensor([3, 99, 12345678901])
     small = rng.subset(keys, step=7, n=50, k=5)

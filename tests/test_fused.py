@@ -40,6 +40,21 @@ def test_fused_matches_the_eager_step(tiny, activation, shape):
 
 
 @pytest.mark.parametrize("batch_size", ["full", 8])
+def test_fused_matches_the_eager_step_with_fresh_label_noise(tiny, batch_size):
+    # tanh only: smooth, so rounding differences between the steps do not grow (see above for relu)
+    raw = tiny(task={"noise_on": "fresh_labels", "input_dim": 7, "output_dim": 3, "n_train": 45},
+               model={"width": 37, "init_scale": 0.3}, train={"steps": 120, "lr": 0.05, "batch_size": batch_size},
+               grid={"sigma": [0.0, 0.3], "seed": {"range": 2}})
+    batch = engine.build_batch(configs_of(raw))
+    plain, fast = engine.fit(batch, "eager"), engine.fit(batch, "fused")
+    assert fast.extras["backend"] == "fused"
+    for a, b in zip(plain.weights, fast.weights):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+    # the noise reached the fused step: noisy and clean runs of one seed differ
+    assert not torch.allclose(fast.weights[0][0], fast.weights[0][2])    # sigma 0 and 0.3, seed 0
+
+
+@pytest.mark.parametrize("batch_size", ["full", 8])
 def test_fused_matches_plain_autograd_and_torch_optim(tiny, batch_size):
     raw = tiny(train={"steps": 30, "lr": 0.05, "gamma": 0.05, "batch_size": batch_size})
     cfg = configs_of({**raw, "grid": {}})[0]
