@@ -252,12 +252,51 @@ def run_id(cfg: dict[str, Any]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+# Only configs that use torch's conventions carry these keys, so that every other run keeps its id.
+TORCH_KEYS = ("weight_decay", "mse_reduction")
+
+
+def _resolve_conventions(cfg: dict, explicit: set[str]) -> None:
+    """torch's weight_decay (and MSELoss's mean over k outputs) to phasemap's gamma, exactly.
+
+    torch minimises L/k_eff + (wd/2)|theta|^2 (coupled decay), with k_eff = k for mse_reduction
+    mean, else 1: that is (1/k_eff)(L + (k_eff wd / 2)|theta|^2), so gamma = k_eff wd / 2, and the
+    1/k_eff scale goes into the lr (SGD) or, Adam being scale-invariant, into eps (eps k_eff).
+    AdamW's decay is decoupled, theta <- theta (1 - lr wd): gamma = wd, eps k_eff.
+    """
+    wd, reduction = cfg.pop("weight_decay"), cfg.pop("mse_reduction")
+    if wd is None:
+        if "mse_reduction" in explicit:
+            raise SpecError("train.mse_reduction: applies only with train.weight_decay (torch's conventions); "
+                            "with gamma the loss is phasemap's own", key="train.mse_reduction")
+        return
+    if "gamma" in explicit:
+        raise SpecError("train.weight_decay: give gamma (phasemap's loss) or weight_decay (torch's), not both",
+                        key="train.weight_decay")
+    k = cfg["output_dim"] if reduction == "mean" else 1
+    cfg["weight_decay"], cfg["mse_reduction"] = wd, reduction
+    cfg["gamma"] = _canonical(wd if cfg["optimizer"] == "adamw" else k * wd / 2)
+    if cfg["optimizer"] == "sgd":
+        cfg["lr"] = _canonical(cfg["lr"] / k)      # torch's lr is recorded as torch_lr after _resolve_batch
+    else:
+        cfg["eps"] = _canonical(cfg["eps"] * k)
+
+
+def _torch_lr(cfg: dict) -> None:
+    """Record the lr torch's SGD would take for this config (phasemap's lr, possibly derived from T)."""
+    if "weight_decay" in cfg and cfg["optimizer"] == "sgd":
+        k = cfg["output_dim"] if cfg["mse_reduction"] == "mean" else 1
+        cfg["torch_lr"] = _canonical(cfg["lr"] * k)
+
+
 def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """One grid point: base values, overridden by the point, derived and hashed."""
     cfg = {**base, **point}
     try:
         _resolve_teacher(cfg, explicit)
+        _resolve_conventions(cfg, explicit)
         _resolve_batch(cfg, explicit)
+        _torch_lr(cfg)
     except SpecError as err:
         if point:
             where = ", ".join(f"{k}={v}" for k, v in point.items())

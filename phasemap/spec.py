@@ -136,6 +136,11 @@ class TrainSpec(_Section):
     beta1: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.9
     beta2: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.999
     eps: PosFloat = 1e-8
+    # torch's conventions, as an alternative to gamma: the weight_decay torch's optimizers take,
+    # and whether the squared error is summed (phasemap's loss) or averaged (torch's MSELoss) over
+    # output dimensions; resolved exactly to gamma (and lr or eps), see the README
+    weight_decay: NonNegFloat | None = None
+    mse_reduction: Literal["sum", "mean"] = "sum"
 
 
 class MetricsSpec(_Section):

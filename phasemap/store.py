@@ -50,7 +50,7 @@ RESULT_TYPES: dict[str, pa.DataType] = {
 # Keys the resolution step adds beside the section keys, and keys whose type is not plain.
 DERIVED_TYPES: dict[str, pa.DataType] = {
     "batch_size": _I64, "temperature": _F64, "temperature_effective": _F64,
-    "spectrum": pa.list_(_F64), "spectrum_c": _F64, "spectrum_alpha": _F64,
+    "spectrum": pa.list_(_F64), "spectrum_c": _F64, "spectrum_alpha": _F64, "torch_lr": _F64,
 }
 _PY_TO_ARROW = {int: _I64, float: _F64, bool: _BOOL, str: _STR}
 

@@ -227,3 +227,58 @@ def test_fast_tanh_is_tanh_to_float_precision():
     z = torch.linspace(-30, 30, 200_001)
     assert (fast_tanh(z) - torch.tanh(z)).abs().max() < 1e-6
     assert torch.equal(fast_tanh(-z), -fast_tanh(z))
+
+
+def torch_convention_fit(cfg, weight_decay, reduction):
+    """One model trained the way torch users write it: MSELoss(reduction) over outputs, the optimizer's
+    own weight_decay, on phasemap's data, init and minibatches."""
+    data = make_data(cfg)
+    weights, _ = init_student(cfg)
+    params = [p.clone().requires_grad_() for p in weights]
+    lr, betas, eps = cfg["torch_lr"] if cfg["optimizer"] == "sgd" else cfg["lr"], (cfg["beta1"], cfg["beta2"]), 1e-8
+    opt = {"sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay),
+           "adam": lambda: torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+           "adamw": lambda: torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+           }[cfg["optimizer"]]()
+    key = torch.tensor([rng.derive_seed(cfg["seed"], "sgd")])
+    n, s = cfg["n_train"], cfg["batch_size"]
+    for step in range(cfg["steps"]):
+        idx = torch.arange(n) if s == n else rng.subset(key, step, n, s)[0]
+        out = torch.tanh(data["x_train"][idx] @ params[0]) @ params[1]
+        err = (out - data["y_train"][idx]) ** 2
+        loss = err.mean() if reduction == "mean" else err.sum(dim=1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_torch_weight_decay_and_mse_reduction_resolve_to_the_same_training(tiny, optimizer, reduction):
+    raw = tiny(task={"output_dim": 3}, train={"optimizer": optimizer, "lr": 0.01 if optimizer != "sgd" else 0.1,
+                                               "steps": 30, "batch_size": 8, "weight_decay": 0.2,
+                                               "mse_reduction": reduction})
+    cfg = configs_of({**raw, "grid": {}})[0]
+    k = 3 if reduction == "mean" else 1
+    assert cfg["gamma"] == pytest.approx(0.2 if optimizer == "adamw" else 0.2 * k / 2)
+    assert cfg["weight_decay"] == 0.2 and cfg["mse_reduction"] == reduction
+    expected = torch_convention_fit(cfg, 0.2, reduction)
+    got = engine.fit(engine.build_batch([cfg]), "eager").weights
+    for e, g in zip(expected, got):
+        assert torch.allclose(e, g[0], rtol=1e-4, atol=1e-6), (e - g[0]).abs().max()
+
+
+def test_torch_conventions_are_refused_where_they_cannot_mean_anything(tiny):
+    from phasemap.spec import SpecError
+
+    with pytest.raises(SpecError, match="give gamma .* or weight_decay .*, not both"):
+        configs_of(tiny(train={"gamma": 0.1, "weight_decay": 0.1}))
+    with pytest.raises(SpecError, match="mse_reduction: applies only with train.weight_decay"):
+        configs_of(tiny(train={"mse_reduction": "mean"}))
+    with pytest.raises(SpecError, match="weight_decay"):
+        configs_of(tiny(train={"weight_decay": -0.1}))
+    with pytest.raises(SpecError, match="mse_reduction"):
+        configs_of(tiny(train={"weight_decay": 0.1, "mse_reduction": "median"}))
+    # a sweep without them keeps its keys (and so its run_ids)
+    assert not {"weight_decay", "mse_reduction", "torch_lr"} & set(configs_of(tiny())[0])
