@@ -185,6 +185,15 @@ def _base_flat(spec: SweepSpec) -> dict[str, Any]:
 def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
     d_min = min(cfg["input_dim"], cfg["output_dim"])
     cfg["spectrum_c"] = cfg["spectrum_alpha"] = None
+    if cfg["teacher"] == "identity":
+        for key in (*LINEAR_ONLY, *MLP_ONLY, "teacher_rank"):
+            if key in explicit:
+                raise SpecError(f"task.{key}: does not apply to the identity teacher (y = x)", key=f"task.{key}")
+        if cfg["input_dim"] != cfg["output_dim"]:
+            raise SpecError(f"task.teacher: identity (y = x) needs output_dim = input_dim "
+                            f"(got {cfg['input_dim']} and {cfg['output_dim']})", key="task.teacher")
+        cfg["teacher_rank"], cfg["spectrum"] = cfg["input_dim"], None   # the identity has full rank
+        return
     if cfg["teacher"] == "mlp":
         for key in LINEAR_ONLY:
             if key in explicit:

@@ -90,7 +90,7 @@ class PowerLawSpectrum(_Section):
 class TaskSpec(_Section):
     """Teacher and data. x ~ N(0, input_scale^2) (or sin of it); y = teacher(x) + sigma * noise."""
 
-    teacher: Literal["mlp", "linear"] = "mlp"
+    teacher: Literal["mlp", "linear", "identity"] = "mlp"   # identity: y = x (needs input_dim = output_dim)
     input_dim: Dim = 10
     output_dim: Dim = 1
     n_train: Samples = 300

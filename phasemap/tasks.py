@@ -54,7 +54,9 @@ def make_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, torch.
     seed = cfg["data_seed"] if cfg["data_seed"] is not None else cfg["seed"]
     gen = torch.Generator().manual_seed(derive_seed(seed, "data"))
     x_train, x_test = _inputs(gen, cfg["n_train"], cfg), _inputs(gen, cfg["n_test"], cfg)
-    if cfg["teacher"] == "linear":
+    if cfg["teacher"] == "identity":
+        y_train, y_test = x_train.clone(), x_test.clone()
+    elif cfg["teacher"] == "linear":
         w_star = linear_teacher(gen, cfg)
         if cfg["whiten"]:
             x_train = _whiten(x_train)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from phasemap.grid import DEFAULT_MAX_CONFIGS, axis_values, check_size, count, expand, run_id
 from phasemap.spec import SpecError, parse_spec
@@ -193,3 +194,19 @@ def test_validation_readme_covers_every_validation_sweep():
     for sweep in (REPO / "sweeps" / "validation").glob("*.yaml"):
         assert f"`{sweep.name}`" in readme, sweep.name
         assert "sweeps/validation/README.md, result" in sweep.read_text(encoding="utf-8"), sweep.name
+
+
+def test_the_identity_teacher_maps_inputs_to_themselves_and_refuses_what_cannot_apply():
+    from phasemap.tasks import make_data
+
+    raw = {"name": "id", "task": {"teacher": "identity", "input_dim": 6, "output_dim": 6, "n_train": 20,
+                                  "n_test": 10, "sigma": 0.0}, "grid": {}}
+    (cfg,) = expand(parse_spec(raw))
+    assert cfg["teacher_rank"] == 6 and cfg["spectrum"] is None
+    data = make_data(cfg)
+    assert torch.equal(data["y_train"], data["x_train"]) and torch.equal(data["y_test"], data["x_test"])
+    for task, message in (({"output_dim": 3}, "identity .y = x. needs output_dim = input_dim .got 6 and 3."),
+                          ({"teacher_rank": 2}, "task.teacher_rank: does not apply to the identity teacher"),
+                          ({"spectrum": [1.0]}, "task.spectrum: does not apply to the identity teacher")):
+        with pytest.raises(SpecError, match=message):
+            expand(parse_spec({**raw, "task": {**raw["task"], **task}}))
