@@ -26,7 +26,7 @@ import torch
 
 from phasemap import fused, kernels, rng
 from phasemap.shapes import shape_key
-from phasemap.tasks import init_student, make_data
+from phasemap.tasks import init_student, make_data, teach, teacher_params
 
 Tensor = torch.Tensor
 
@@ -57,6 +57,7 @@ class Batch:
     activation: str
     optimizer: str
     steps: int
+    fresh: "FreshData | None" = None   # the teacher and input distribution, with task.fresh_data
 
     @property
     def n_models(self) -> int:
@@ -65,6 +66,25 @@ class Batch:
     @property
     def params(self) -> list[Tensor]:
         return self.weights + self.biases
+
+
+@dataclass
+class FreshData:
+    """What drawing new train samples at every step needs (task.fresh_data), per model."""
+
+    teacher: str              # identity, linear or mlp (one kind per batch: it is part of the shape key)
+    params: list[Tensor]      # the teacher's weights, (M, fan_in, fan_out) each
+    activation: str           # of an mlp teacher
+    output_scale: Tensor      # (M, 1, 1), 1 unless an mlp teacher
+    input_scale: Tensor       # (M, 1, 1)
+    sin_inputs: Tensor        # (M, 1, 1) bool: x = sin(z) rather than z
+    keys: Tensor              # (M,) int64 per-model stream key for the samples
+
+    def sample(self, step: int, n: int, d_in: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(M, n, d_in) new inputs and their (M, n, d_out) teacher outputs for this step."""
+        z = rng.normal(self.keys, step, (n, d_in), dtype) * self.input_scale
+        x = torch.where(self.sin_inputs, torch.sin(z), z)
+        return x, teach(self.teacher, self.params, x, self.activation, 1.0) * self.output_scale
 
 
 @dataclass
@@ -113,16 +133,37 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
         input_noise=torch.tensor(
             [c["sigma"] if c["noise_on"] == "inputs" else 0.0 for c in configs], dtype=dtype, device=device),
         label_noise=torch.tensor(
-            [c["sigma"] if c["noise_on"] == "fresh_labels" else 0.0 for c in configs], dtype=dtype, device=device),
+            [c["sigma"] if c["noise_on"] == "fresh_labels" or (c["noise_on"] == "labels" and c.get("fresh_data"))
+             else 0.0 for c in configs], dtype=dtype, device=device),
         beta1=per_model("beta1"),
         beta2=per_model("beta2"),
         eps=per_model("eps"),
         keys=torch.tensor([rng.derive_seed(c["seed"], "sgd") for c in configs], dtype=torch.int64, device=device),
         label_keys=torch.tensor([rng.derive_seed(c["seed"], "label_noise") for c in configs], dtype=torch.int64,
                                 device=device),
+        fresh=_fresh_data(configs, dtype, device) if first.get("fresh_data") else None,
         activation=first["activation"],
         optimizer=first["optimizer"],
         steps=first["steps"],
+    )
+
+
+def _fresh_data(configs: list[dict], dtype: torch.dtype, device) -> FreshData:
+    teachers = [teacher_params(c) for c in configs]
+    first = configs[0]
+
+    def column(values, dt=dtype) -> Tensor:
+        return torch.tensor(values, dtype=dt, device=device)[:, None, None]
+
+    return FreshData(
+        teacher=first["teacher"],
+        params=[torch.stack([t[l] for t in teachers]).to(dtype=dtype, device=device) for l in range(len(teachers[0]))],
+        activation=first["teacher_activation"],
+        output_scale=column([c["output_scale"] if c["teacher"] == "mlp" else 1.0 for c in configs]),
+        input_scale=column([c["input_scale"] for c in configs]),
+        sin_inputs=column([c["input_dist"] == "sin_gaussian" for c in configs], torch.bool),
+        keys=torch.tensor([rng.derive_seed(c["seed"], "fresh_data") for c in configs], dtype=torch.int64,
+                          device=device),
     )
 
 
@@ -138,7 +179,7 @@ class _Minibatches:
     def __init__(self, batch: Batch):
         n = batch.x.shape[1]
         self.batch = batch
-        self.full = bool((batch.batch_size == n).all())
+        self.full = bool((batch.batch_size == n).all()) and batch.fresh is None
         self.k = int(batch.batch_size.max())
         pos = torch.arange(self.k, device=batch.x.device)
         mask = (pos[None, :] < batch.batch_size[:, None]).to(batch.x.dtype)
@@ -151,7 +192,9 @@ class _Minibatches:
 
     def __call__(self, step: int) -> tuple[Tensor, Tensor]:
         b = self.batch
-        if self.full:
+        if b.fresh is not None:     # online SGD: k new samples from the input distribution, labelled by the teacher
+            x, y = b.fresh.sample(step, self.k, b.x.shape[2], b.x.dtype)
+        elif self.full:
             x, y = b.x, b.y
         else:
             idx = rng.subset(b.keys, step, b.x.shape[1], self.k)   # (M, k)

@@ -261,6 +261,16 @@ def run_id(cfg: dict[str, Any]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def _resolve_fresh_data(cfg: dict) -> None:
+    """fresh_data is kept only where it is on, so that every other run keeps its id."""
+    if not cfg.pop("fresh_data"):
+        return
+    if cfg["whiten"]:
+        raise SpecError("task.fresh_data: whitening makes one fixed train set exactly white; it cannot "
+                        "apply to new samples at every step", key="task.fresh_data")
+    cfg["fresh_data"] = True
+
+
 # Only configs that use torch's conventions carry these keys, so that every other run keeps its id.
 TORCH_KEYS = ("weight_decay", "mse_reduction")
 
@@ -303,6 +313,7 @@ def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> 
     cfg = {**base, **point}
     try:
         _resolve_teacher(cfg, explicit)
+        _resolve_fresh_data(cfg)
         _resolve_conventions(cfg, explicit)
         _resolve_batch(cfg, explicit)
         _torch_lr(cfg)

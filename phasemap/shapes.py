@@ -11,9 +11,14 @@ SHAPE_KEYS = ("input_dim", "output_dim", "n_train", "n_test", "depth", "width",
               "activation", "bias", "optimizer", "steps")
 
 
+TEACHER_KEYS = ("teacher", "teacher_rank", "teacher_depth", "teacher_activation")
+
+
 def shape_key(cfg: dict) -> tuple:
-    """Configs with equal keys are trained by the engine as one batch."""
-    return tuple(cfg[k] for k in SHAPE_KEYS)
+    """Configs with equal keys are trained by the engine as one batch (with fresh data the engine
+    runs the teacher at every step, so its shape joins the key)."""
+    key = tuple(cfg[k] for k in SHAPE_KEYS)
+    return key + tuple(cfg[k] for k in TEACHER_KEYS) if cfg.get("fresh_data") else key
 
 
 def shape_order(cfg: dict) -> str:

@@ -101,6 +101,9 @@ class TaskSpec(_Section):
     # labels: noise added once to the train targets; fresh_labels: new label noise at every step
     # (label-noise SGD); inputs: new input noise at every step
     noise_on: Literal["labels", "fresh_labels", "inputs"] = "labels"
+    # new train samples at every step (online SGD): batch_size fresh inputs drawn from the input
+    # distribution and labelled by the teacher; n_train samples still measure train_loss
+    fresh_data: StrictBool = False
     teacher_rank: Dim | None = None
     data_seed: Seed | None = None
     # mlp teachers

@@ -48,6 +48,26 @@ def _mlp_forward(weights: list[torch.Tensor], x: torch.Tensor, activation: str, 
     return scale * (x @ weights[-1])
 
 
+def teacher_params(cfg: dict) -> list[torch.Tensor]:
+    """The teacher's weights as make_data draws them: [W*^T] (d_in, d_out) for a linear teacher, the
+    layers for an mlp teacher, [] for the identity (float64)."""
+    seed = cfg["data_seed"] if cfg["data_seed"] is not None else cfg["seed"]
+    gen = torch.Generator().manual_seed(derive_seed(seed, "data"))
+    _inputs(gen, cfg["n_train"], cfg), _inputs(gen, cfg["n_test"], cfg)   # the same draws as make_data
+    if cfg["teacher"] == "linear":
+        return [linear_teacher(gen, cfg).T.contiguous()]
+    return mlp_teacher(gen, cfg) if cfg["teacher"] == "mlp" else []
+
+
+def teach(teacher: str, params: list[torch.Tensor], x: torch.Tensor, activation: str, scale: float) -> torch.Tensor:
+    """The teacher's outputs for inputs x (..., N, d_in), params with the same leading axes (batched)."""
+    if teacher == "identity":
+        return x
+    if teacher == "linear":
+        return x @ params[0]
+    return _mlp_forward(params, x, activation, scale)
+
+
 def make_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Train and test sets for one resolved config. Test targets are noiseless; train targets carry
     fixed label noise only with noise_on: labels (fresh_labels draws it per step in the engine)."""
@@ -65,7 +85,7 @@ def make_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, torch.
         weights = mlp_teacher(gen, cfg)
         f = lambda x: _mlp_forward(weights, x, cfg["teacher_activation"], cfg["output_scale"])  # noqa: E731
         y_train, y_test = f(x_train), f(x_test)
-    if cfg["noise_on"] == "labels" and cfg["sigma"] > 0:
+    if cfg["noise_on"] == "labels" and cfg["sigma"] > 0 and not cfg.get("fresh_data"):   # fresh data: per step
         y_train = y_train + cfg["sigma"] * torch.randn(y_train.shape, generator=gen, dtype=torch.float64)
     out = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     return {k: v.to(dtype) for k, v in out.items()}

@@ -282,3 +282,54 @@ def test_torch_conventions_are_refused_where_they_cannot_mean_anything(tiny):
         configs_of(tiny(train={"weight_decay": 0.1, "mse_reduction": "median"}))
     # a sweep without them keeps its keys (and so its run_ids)
     assert not {"weight_decay", "mse_reduction", "torch_lr"} & set(configs_of(tiny())[0])
+
+
+@pytest.mark.parametrize("task", [
+    {"teacher": "mlp", "teacher_rank": 3},
+    {"teacher": "linear", "spectrum": [2.0, 1.0], "teacher_rank": None, "output_dim": 2},
+    {"teacher": "identity", "teacher_rank": None, "output_dim": 4},
+])
+def test_the_teacher_labels_fresh_samples_as_it_labels_the_train_set(tiny, task):
+    from phasemap.tasks import teach, teacher_params
+
+    raw = tiny(task={k: v for k, v in task.items() if v is not None})
+    if task["teacher"] != "mlp":
+        raw["task"].pop("teacher_rank", None)
+    cfg = configs_of({**raw, "grid": {}})[0]
+    data = make_data(cfg, torch.float64)
+    scale = cfg["output_scale"] if cfg["teacher"] == "mlp" else 1.0
+    again = teach(cfg["teacher"], teacher_params(cfg), data["x_train"], cfg["teacher_activation"], scale)
+    assert torch.allclose(again, data["y_train"], atol=1e-12)
+
+
+def test_fresh_data_draws_new_samples_every_step_the_same_alone_or_in_a_batch(tiny):
+    raw = tiny(task={"fresh_data": True, "sigma": 0.2}, train={"steps": 40, "batch_size": 8},
+               grid={"gamma": [0.0, 0.01], "seed": {"range": 2}})
+    configs = configs_of(raw)
+    assert all(c["fresh_data"] for c in configs)
+    batch = engine.build_batch(configs)
+    sample = engine._Minibatches(batch)
+    (x0, y0), (x1, _), (x0_again, y0_again) = sample(0), sample(1), sample(0)
+    assert torch.equal(x0, x0_again) and torch.equal(y0, y0_again) and not torch.allclose(x0, x1)
+    assert not any(torch.allclose(x0[0], batch.x[0, i:i + 8]) for i in range(batch.x.shape[1] - 8))
+    together = engine.fit(batch)
+    for i in (0, 3):
+        alone = engine.fit(engine.build_batch([configs[i]]))
+        assert torch.allclose(together.weights[0][i], alone.weights[0][0], rtol=1e-5, atol=1e-7)
+    fused_result = engine.fit(batch, "fused")
+    eager = engine.fit(batch, "eager")
+    for a, b in zip(eager.weights, fused_result.weights):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_online_sgd_learns_the_identity_from_fresh_samples(tiny):
+    # two samples a step: two fixed samples cannot pin down a 4-d identity, fresh ones can
+    raw = tiny(task={"teacher": "identity", "input_dim": 4, "output_dim": 4, "n_train": 2, "fresh_data": True},
+               model={"activation": "linear", "width": 8, "init_scale": 0.5},
+               train={"steps": 600, "lr": 0.05, "batch_size": 2}, grid={"seed": {"range": 2}})
+    raw["task"].pop("teacher_rank")
+    fixed_raw = {**raw, "task": {**raw["task"], "fresh_data": False}}
+    online, fixed = run_chunk(configs_of(raw), "cpu"), run_chunk(configs_of(fixed_raw), "cpu")
+    assert all(r["test_loss"] < 0.01 for r in online)
+    assert all(r["test_loss"] > 0.5 for r in fixed)
+    assert all("fresh_data" not in c for c in configs_of(fixed_raw))      # off: the key (and run_id) as before

@@ -210,3 +210,10 @@ def test_the_identity_teacher_maps_inputs_to_themselves_and_refuses_what_cannot_
                           ({"spectrum": [1.0]}, "task.spectrum: does not apply to the identity teacher")):
         with pytest.raises(SpecError, match=message):
             expand(parse_spec({**raw, "task": {**raw["task"], **task}}))
+
+
+def test_fresh_data_cannot_be_whitened():
+    raw = {"name": "w", "task": {"teacher": "linear", "spectrum": [1.0], "whiten": True, "fresh_data": True,
+                                 "input_dim": 2, "output_dim": 2, "n_train": 8}, "grid": {}}
+    with pytest.raises(SpecError, match="task.fresh_data: whitening makes one fixed train set"):
+        expand(parse_spec(raw))
