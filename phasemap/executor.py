@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 from phasemap import store
 from phasemap.grid import DEFAULT_MAX_CONFIGS
-from phasemap.plan import missing, pending, plan_chunks
+from phasemap.plan import pending, plan_chunks
 from phasemap.spec import SweepSpec
 
 __all__ = ["ClusterConnectError", "ResourceError", "Summary", "SweepInterrupted", "init_ray", "plan_chunks",
@@ -332,8 +332,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
 
                 ray.shutdown()
     summary.fatal, summary.interrupted = state["fatal"], state["signal"]
-    summary.compacted = store.compact(out_dir)
-    summary.missing = len(missing(todo.configs, out_dir))
+    summary.compacted, finished = store.settle(out_dir)   # one read of the index for both
+    summary.missing = sum(c["run_id"] not in finished for c in todo.configs)
     summary.seconds = time.perf_counter() - started
     return summary
 

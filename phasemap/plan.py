@@ -47,12 +47,6 @@ def pending(spec: SweepSpec, out_dir: str, max_configs: int = DEFAULT_MAX_CONFIG
     return Pending([c for c in configs if c["run_id"] not in done], len(configs), out_dir)
 
 
-def missing(configs: list[dict], out_dir: str) -> list[dict]:
-    """The configs whose run_id is not finished in out_dir, as read from disk now."""
-    done = store.run_ids(out_dir)
-    return [c for c in configs if c["run_id"] not in done]
-
-
 def plan_chunks(configs: list[dict], chunk: int | None, slots: int) -> list[list[dict]]:
     """Split configs into chunks of equal shape where possible (sorted by shape, then grid order)."""
     if not configs:

@@ -283,24 +283,32 @@ def run_ids(out: str | Path, set_aside: bool = False) -> set[str]:
     A damaged file is named in a DamagedFileWarning and left out, so its configs count as to do;
     set_aside=True (what `run` does) also renames it to NAME.parquet.damaged.
     """
-    index = _index(out, set_aside)
+    return _finished(_index(out, set_aside))
+
+
+def _finished(index: pa.Table | None) -> set[str]:
     if index is None:
         return set()
-    finished = index.filter(pc.not_equal(index["status"], "failed"))
-    return set(finished["run_id"].to_pylist())
+    return set(index.filter(pc.not_equal(index["status"], "failed"))["run_id"].to_pylist())
 
 
 def compact(out: str | Path) -> int:
-    """Keep one row per run_id: a finished row over a failed one, else the first file's.
+    """Keep one row per run_id (see `settle`); return the number of rows dropped."""
+    return settle(out)[0]
+
+
+def settle(out: str | Path) -> tuple[int, set[str]]:
+    """Keep one row per run_id: a finished row over a failed one, else the first file's; return
+    the rows dropped and the finished run_ids, from one read of the index.
 
     Rows are duplicated when a failed config is retried by a rerun (the new file holds its
     finished row), or when a killed driver's last trial finished writing after the rerun had
     planned the same configs. Files losing rows are rewritten atomically; emptied files are
-    deleted. Returns the number of rows dropped.
+    deleted. Dropping never removes a finished run_id, so the set is the folder's after the call.
     """
     index = _index(out)
     if index is None:
-        return 0
+        return 0, set()
     frame = pl.from_arrow(index).with_row_index("row").with_columns(
         (pl.col("status") == "failed").alias("is_failed"))
     keep = frame.sort(["is_failed", "row"]).unique("run_id", keep="first")
@@ -317,4 +325,4 @@ def compact(out: str | Path) -> int:
                 fs.delete_file(path)
         except (OSError, pa.ArrowException) as err:
             raise StoreError(f"cannot rewrite {path}: {_reason(err)}") from err
-    return dropped.height
+    return dropped.height, _finished(index)
