@@ -48,7 +48,7 @@ class Batch:
     lr: Tensor                # (M,)
     batch_size: Tensor        # (M,) int64
     input_noise: Tensor       # (M,) sigma of per-step input noise (0 unless noise_on is inputs)
-    label_noise: Tensor       # (M,) sigma of per-step label noise (0 unless noise_on is fresh_labels)
+    label_noise: Tensor       # (M,) sigma of per-step label noise (fresh_labels, or labels with fresh_data)
     beta1: Tensor             # (M,)
     beta2: Tensor             # (M,)
     eps: Tensor               # (M,)

@@ -24,13 +24,14 @@ def readable(results: str | Path) -> list[list[str]]:
     """The readable Parquet files of a results folder or URI, grouped by schema; damaged ones are
     named in a warning."""
     try:
-        if not store.files(results):
-            raise ResultsError(f"{results}: no phasemap results here (no .parquet files)")
         found = store.readable_files(results)
+        if not found:     # list the folder again only to say why nothing is readable
+            damaged = bool(store.files(results))
     except store.StoreError as err:
         raise ResultsError(str(err)) from err
     if not found:
-        raise ResultsError(f"{results}: no readable phasemap results here (every .parquet file is damaged)")
+        raise ResultsError(f"{results}: no readable phasemap results here (every .parquet file is damaged)"
+                           if damaged else f"{results}: no phasemap results here (no .parquet files)")
     return found
 
 
