@@ -153,6 +153,10 @@ class MetricsSpec(_Section):
     dead_threshold: NonNegFloat = 1e-3
     dead_relative: NonNegFloat = 0.05
     distinct_threshold: PosFloat = 0.1
+    # odd activations: Delta between norm-neighbours is the nearer of v - w and v + w (false: the
+    # plain distance); delta_relative: Delta divided by the larger norm of the pair
+    sign_identify: StrictBool = True
+    delta_relative: StrictBool = False
     rank_tol: PosFloat = 1e-3
     rank_atol: NonNegFloat = 1e-3
 

@@ -265,25 +265,51 @@ def readable_files(out: str | Path) -> list[list[str]]:
     return list(groups.values())
 
 
-def _index(out: str | Path, set_aside: bool = False) -> pa.Table | None:
-    """run_id and status of every row, with the file each row is in; damaged files are left out
-    (and renamed out of the way with set_aside)."""
+# Config columns that every file of a folder must have before `run` adds rows to it. A file
+# without one was measured by an earlier definition: without sign_identify, by phasemap before
+# symmetry-aware Delta (its n_dos, n_dosb and deltas count +-copies and dead pairs otherwise), so
+# new rows beside it would mix two meanings of one column.
+RESUME_COLUMNS = ("sign_identify",)
+
+
+class OutdatedResultsError(StoreError):
+    """A results folder holds rows whose metrics an earlier phasemap measured differently."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False)
+
+
+def _index(out: str | Path, set_aside: bool = False) -> tuple[pa.Table | None, list[str]]:
+    """run_id and status of every row, with the file each row is in, and the files that lack a
+    RESUME_COLUMNS column; damaged files are left out (and renamed out of the way with set_aside)."""
     def columns(fs, path):
-        table = pq.read_table(path, columns=["run_id", "status"], filesystem=fs)
-        return table.append_column("file", pa.array([path] * table.num_rows, pa.string()))
+        file = pq.ParquetFile(path, filesystem=fs)
+        names = set(file.schema_arrow.names)
+        table = file.read(columns=["run_id", "status"])
+        table = table.append_column("file", pa.array([path] * table.num_rows, pa.string()))
+        return table, not names.issuperset(RESUME_COLUMNS)
 
     good, damaged = _read_each(out, columns)
     _report(damaged, out, set_aside)
-    return pa.concat_tables([t for _, t in good]) if good else None
+    outdated = [path for path, (_, old) in good if old]
+    return (pa.concat_tables([t for _, (t, _) in good]) if good else None), outdated
 
 
 def run_ids(out: str | Path, set_aside: bool = False) -> set[str]:
     """The run_ids already finished in a results location: ok or diverged (failed ones are retried).
 
     A damaged file is named in a DamagedFileWarning and left out, so its configs count as to do;
-    set_aside=True (what `run` does) also renames it to NAME.parquet.damaged.
+    set_aside=True (what `run` does) also renames it to NAME.parquet.damaged. A location holding
+    rows an earlier phasemap measured differently (see RESUME_COLUMNS) raises OutdatedResultsError.
     """
-    return _finished(_index(out, set_aside))
+    index, outdated = _index(out, set_aside)
+    if outdated:
+        raise OutdatedResultsError(
+            f"{normalize(out)} holds {len(outdated)} file(s) written before phasemap measured Delta with the "
+            f"sign-flip symmetry and dead pairs (no {', '.join(RESUME_COLUMNS)} column, e.g. "
+            f"{outdated[0].rsplit('/', 1)[-1]}); new rows would mix two meanings of n_dos: write this sweep "
+            "to a new folder (--out), or move those files away")
+    return _finished(index)
 
 
 def _finished(index: pa.Table | None) -> set[str]:
@@ -306,7 +332,7 @@ def settle(out: str | Path) -> tuple[int, set[str]]:
     planned the same configs. Files losing rows are rewritten atomically; emptied files are
     deleted. Dropping never removes a finished run_id, so the set is the folder's after the call.
     """
-    index = _index(out)
+    index, _ = _index(out)
     if index is None:
         return 0, set()
     frame = pl.from_arrow(index).with_row_index("row").with_columns(

@@ -2,8 +2,14 @@
 
 A hidden neuron j of layer l is the vector v_j = [incoming weights (and bias), outgoing weights].
 - dead: ||v_j|| < max(dead_threshold, dead_relative * max_j ||v_j||)  (the fully symmetric state)
-- Delta: sort neurons by norm; Delta_j = ||v_(j+1) - v_(j)|| between norm-neighbours (width - 1 pairs);
-  n_dos = #{Delta_j < delta_threshold}, n_dosb = width - n_dos
+- Delta: sort neurons by norm; Delta_j = ||v_(j+1) - v_(j)|| between norm-neighbours (width - 1 pairs).
+  For odd activations (v and -v compute the same function) Delta_j = min(||v_(j+1) - v_(j)||,
+  ||v_(j+1) + v_(j)||) unless sign_identify is off; the norm sort puts +-copies side by side, since
+  they have one norm. delta_relative divides Delta_j by the larger of the pair's two norms.
+  A pair is symmetric when both neurons are dead, or both are live and Delta_j < delta_threshold; a
+  dead and a live neuron are a broken pair. n_dos = #{symmetric pairs}, n_dosb = width - n_dos.
+  With delta_relative and delta_threshold <= distinct_threshold, a symmetric pair of live neurons
+  is always one group, so n_dos and n_distinct never disagree.
 - groups: live neurons i, j are linked when ||v_i - v_j|| <= distinct_threshold * max(||v_i||, ||v_j||)
   (or ||v_i + v_j||, for odd activations, where v and -v compute the same function); groups are the
   connected components of that graph (single linkage: a chain is one group, whatever the neuron
@@ -41,11 +47,29 @@ def dead_mask(norms: Tensor, dead_threshold: Tensor, dead_relative: Tensor) -> T
     return norms < cut[:, None]
 
 
-def neighbour_deltas(vectors: Tensor) -> Tensor:
-    """(M, h - 1) distances between norm-sorted neighbouring neurons."""
-    order = vectors.norm(dim=2).argsort(dim=1)
+def neighbour_deltas(vectors: Tensor, sign_identify: Tensor, relative: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, h - 1) distances between norm-sorted neighbouring neurons, and the (M, h) sort order.
+
+    sign_identify (M,) bool: take the nearer of v and -v; relative (M,) bool: divide by the larger norm.
+    """
+    norms = vectors.norm(dim=2)
+    order = norms.argsort(dim=1)
     ordered = torch.take_along_dim(vectors, order[..., None], dim=1)
-    return (ordered[:, 1:] - ordered[:, :-1]).norm(dim=2)
+    upper, lower = ordered[:, 1:], ordered[:, :-1]
+    delta = (upper - lower).norm(dim=2)
+    delta = torch.where(sign_identify[:, None], torch.minimum(delta, (upper + lower).norm(dim=2)), delta)
+    sorted_norms = torch.take_along_dim(norms, order, dim=1)
+    scale = torch.maximum(sorted_norms[:, 1:], sorted_norms[:, :-1])
+    scaled = torch.where(scale > 0, delta / scale.clamp_min(torch.finfo(delta.dtype).tiny), 0.0)
+    return torch.where(relative[:, None], scaled, delta), order
+
+
+def symmetric_pairs(delta: Tensor, order: Tensor, dead: Tensor, threshold: Tensor) -> Tensor:
+    """(M, h - 1) True where a norm-neighbour pair is symmetric: both dead, or both live and close."""
+    dead = torch.take_along_dim(dead, order, dim=1)
+    both_dead = dead[:, 1:] & dead[:, :-1]
+    both_live = ~dead[:, 1:] & ~dead[:, :-1]
+    return both_dead | (both_live & (delta < threshold[:, None]))
 
 
 def group_labels(vectors: Tensor, dead: Tensor, threshold: Tensor, odd: bool) -> Tensor:
@@ -95,13 +119,18 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
     """All metrics for M trained models, as columns {name: list of M values}.
 
     th holds (M,) tensors delta_threshold, dead_threshold, dead_relative, distinct_threshold,
-    rank_tol, rank_atol. Scalar columns describe the first hidden layer; `layer_*` columns
+    rank_tol, rank_atol, and optionally sign_identify and delta_relative (read as booleans; absent:
+    sign_identify on, delta_relative off). Scalar columns describe the first hidden layer; `layer_*` columns
     hold one entry per hidden layer.
     """
     weights = [w.double() for w in weights]
     biases = [b.double() for b in biases]
-    th = {k: v.double() for k, v in th.items()}
     n_models = weights[0].shape[0]
+    odd = activation in ODD
+    flags = {key: th[key].bool() if key in th else torch.full((n_models,), default, device=weights[0].device)
+             for key, default in (("sign_identify", True), ("delta_relative", False))}
+    th = {k: v.double() for k, v in th.items() if k not in flags}
+    sign = flags["sign_identify"] if odd else torch.zeros_like(flags["sign_identify"])
     layers: dict[str, list[list]] = {k: [[] for _ in range(n_models)] for k in
                                      ("n_distinct", "n_dead", "n_dos", "n_dosb", "symmetry_class", "groups")}
     deltas: list[list[float]] = [[] for _ in range(n_models)]
@@ -109,9 +138,9 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
         vec = neuron_vectors(weights, biases, layer)
         width = vec.shape[1]
         dead = dead_mask(vec.norm(dim=2), th["dead_threshold"], th["dead_relative"])
-        delta = neighbour_deltas(vec)
-        n_dos = (delta < th["delta_threshold"][:, None]).sum(dim=1)
-        labels = group_labels(vec, dead, th["distinct_threshold"], activation in ODD).tolist()
+        delta, order = neighbour_deltas(vec, sign, flags["delta_relative"])
+        n_dos = symmetric_pairs(delta, order, dead, th["delta_threshold"]).sum(dim=1)
+        labels = group_labels(vec, dead, th["distinct_threshold"], odd).tolist()
         n_dead = dead.sum(dim=1).tolist()
         for i in range(n_models):
             layers["n_distinct"][i].append(len({g for g in labels[i] if g >= 0}))

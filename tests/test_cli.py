@@ -102,3 +102,17 @@ def test_show_says_which_rank_column_to_read_for_scalar_outputs(capsys, tmp_path
     assert code == 0 and "note: weight_rank is the rank of the whole product" in out and "layer_weight_rank" in out
     code, out, _ = run_main(capsys, "show", tmp_path / "vector")
     assert code == 0 and "note:" not in out
+
+
+def test_run_refuses_to_add_rows_beside_an_earlier_definition_of_n_dos(capsys, tmp_path):
+    # A file from before symmetry-aware Delta: metric columns, but no sign_identify config column.
+    old = pl.DataFrame({"run_id": ["a"], "status": ["ok"], "sweep": ["quickstart"], "gamma": [0.1], "n_dos": [7]})
+    old.write_parquet(tmp_path / "part-old.parquet")
+    code, out, err = run_main(capsys, "run", ROOT / "sweeps" / "quickstart.yaml", "--dry-run", "--out", tmp_path)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: {tmp_path} holds 1 file(s) written before phasemap measured Delta with the "
+                          "sign-flip symmetry") and "part-old.parquet" in err and "--out" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-old.parquet"]
+    code, out, _ = run_main(capsys, "show", tmp_path, "--json")      # readers still read it
+    assert code == 0 and '"runs": 1' in out
