@@ -1,9 +1,12 @@
 """Tests run on the CPU with fixed seeds and tiny sizes."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -30,3 +33,45 @@ def tiny_raw(**sections) -> dict:
 @pytest.fixture
 def tiny():
     return tiny_raw
+
+
+def trend_frame(axis: str, values, metric: str, value, seeds: int = 4, noise: float = 0.0, **extra) -> pl.DataFrame:
+    """Runs along one axis, all ok: metric = value(x) + noise * N(0, 1), one run per value and
+    seed, with constant `extra` columns (a group's values)."""
+    rng = np.random.default_rng(0)
+    rows = [{axis: x, "seed": seed, metric: float(value(x)) + noise * rng.standard_normal(), **extra}
+            for seed in range(seeds) for x in values]
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture
+def trend_runs():
+    return trend_frame
+
+
+@pytest.fixture
+def results_folder(tmp_path):
+    """Writes a frame as a results folder (one Parquet file; run_id, sweep and, where missing,
+    status added) and returns the folder."""
+    def write(frame: pl.DataFrame, name: str = "results") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        if "status" not in frame.columns:
+            frame = frame.with_columns(pl.lit("ok").alias("status"))
+        frame.with_columns(pl.format("r{}", pl.int_range(pl.len())).alias("run_id"),
+                           pl.lit(name).alias("sweep")).write_parquet(folder / "part-0.parquet")
+        return folder
+    return write
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Runs the console script: (exit code, stdout, stderr)."""
+    from phasemap import cli
+
+    def run(*argv) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as done:
+            cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return done.value.code, out, err
+    return run

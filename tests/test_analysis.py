@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from phasemap import store
-from phasemap.analysis import AnalysisError, ControlsLeftOut, critical, crossings, default_metric, scaling
+from phasemap.analysis import AnalysisError, ControlsLeftOut, critical, crossings, default_metric, scaling, trend
 from phasemap.cli import app
 from phasemap.grid import expand
 from phasemap.runner import run_chunk
@@ -123,6 +123,19 @@ def test_groups_are_the_other_axes():
     table = critical(pl.concat([a, b]), "weight_rank", "gamma")
     assert set(table.columns) >= {"sigma", "from", "to", "critical", "ci_low", "ci_high", "n_runs"}
     assert table.filter(pl.col("sigma") == 0.5)["critical"].to_numpy() == pytest.approx([1.5, 3.0], rel=0.05)
+    assert table.filter(pl.col("sigma") == 0.0).height == 4
+
+
+def test_a_group_without_a_transition_is_a_row_that_says_so():
+    a = rank_table(np.geomspace(0.1, 4, 30), sigma=0.0)
+    b = rank_table(np.geomspace(0.1, 4, 30), spectrum=[9.0, 8.0], sigma=0.5)   # rank 2 throughout
+    table = critical(pl.concat([a, b]), "weight_rank", "gamma")
+    flat = table.filter(pl.col("sigma") == 0.5)
+    assert flat.height == 1
+    row = flat.row(0, named=True)
+    assert (row["from"], row["to"], row["critical"], row["resolved"]) == (2, 2, None, False)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.1, 4.0))
+    assert row["note"] == "no transition: the seed mean of weight_rank stays at 2 from 0.1 to 4"
     assert table.filter(pl.col("sigma") == 0.0).height == 4
 
 
@@ -282,3 +295,135 @@ def test_columns_that_follow_another_group_column_do_not_make_groups():
                        for t in (0.01, 0.05)])
     table = critical(frame, "weight_rank", "gamma")
     assert "temperature" in table.columns and "lr" not in table.columns and table.height == 8
+
+
+def test_trend_slope_ci_contains_the_truth_and_excludes_zero(trend_runs, results_folder):
+    sigmas = np.linspace(0.0, 2.0, 8)
+    up = results_folder(trend_runs("sigma", sigmas, "n_dos", lambda s: 2 + 0.5 * s, seeds=6, noise=0.3), "up")
+    (row,) = trend(up, "n_dos", "sigma").iter_rows(named=True)
+    assert row["slope_ci_low"] < 0.5 < row["slope_ci_high"] and row["slope_ci_low"] > 0
+    assert row["rho_ci_low"] > 0 and row["slope"] == pytest.approx(0.5, abs=0.1)
+    assert (row["x_scale"], row["ci_method"], row["n_values"], row["n_seeds"], row["n_runs"], row["n_excluded"]) == (
+        "linear", "seeds", 8, 6, 48, 0)
+    down = results_folder(trend_runs("sigma", sigmas, "n_dos", lambda s: 9 - 0.5 * s, seeds=6, noise=0.3), "down")
+    (row,) = trend(down, "n_dos", "sigma").iter_rows(named=True)
+    assert row["slope_ci_low"] < -0.5 < row["slope_ci_high"] < 0 and row["rho"] < 0 and row["rho_ci_high"] < 0
+    # the bootstrap is fixed by its seed, and moves with it
+    assert trend(down, "n_dos", "sigma").equals(trend(down, "n_dos", "sigma"))
+    assert trend(down, "n_dos", "sigma", seed=1)["slope_ci_low"][0] != row["slope_ci_low"]
+
+
+def test_trend_rho_is_one_for_a_strictly_increasing_metric(trend_runs):
+    cubic = trend_runs("sigma", [0.1, 0.5, 1.0, 1.5, 2.0], "n_dos", lambda s: s ** 3, seeds=3)
+    (row,) = trend(cubic, "n_dos", "sigma").iter_rows(named=True)
+    assert (row["rho"], row["rho_ci_low"], row["rho_ci_high"]) == (1.0, 1.0, 1.0)
+    assert row["slope"] > 0 and row["ci_method"] == "seeds"
+    # two seeds have three distinct resamples: the runs are resampled instead
+    assert trend(cubic.filter(pl.col("seed") < 2), "n_dos", "sigma")["ci_method"].to_list() == ["runs"]
+
+
+def test_trend_slope_is_per_decade_on_a_log_axis(trend_runs):
+    gammas = np.geomspace(1e-3, 1.0, 7)
+    runs = trend_runs("gamma", gammas, "n_distinct", lambda g: 3 - 2 * np.log10(g), seeds=3)
+    controls = trend_runs("gamma", [0.0], "n_distinct", lambda g: 50.0, seeds=3)
+    with pytest.warns(ControlsLeftOut, match="3 runs at gamma <= 0"):
+        (row,) = trend(pl.concat([runs, controls]), "n_distinct", "gamma").iter_rows(named=True)
+    assert row["x_scale"] == "log10" and row["n_controls"] == 3 and row["n_runs"] == 21
+    assert row["slope"] == pytest.approx(-2.0) and row["intercept"] == pytest.approx(3.0)
+
+
+def test_trend_has_one_row_per_group_of_the_other_axes(trend_runs):
+    sigmas = np.linspace(0.0, 1.0, 5)
+    frame = pl.concat([trend_runs("sigma", sigmas, "n_dos", lambda s, k=k: k * s, temperature=t)
+                       for k, t in ((1.0, 0.0), (3.0, 0.01))])
+    table = trend(frame, "n_dos", "sigma")
+    assert table.columns[0] == "temperature" and "width" not in table.columns
+    assert table["temperature"].to_list() == [0.0, 0.01]
+    assert table["slope"].to_list() == pytest.approx([1.0, 3.0])
+    pooled = trend(frame, "n_dos", "sigma", by=[])
+    assert pooled.height == 1 and pooled["n_runs"][0] == 40 and pooled["slope"][0] == pytest.approx(2.0)
+
+
+def test_trend_finds_where_the_metric_saturates_in_width(trend_runs):
+    widths = [8, 16, 32, 64, 128]
+    (row,) = trend(trend_runs("width", widths, "rep_rank", lambda w: min(w, 20)), "rep_rank", "width").iter_rows(
+        named=True)
+    assert row["saturation_width"] == 32 and row["growth_last"] == 0.0 and row["x_scale"] == "log10"
+    (row,) = trend(trend_runs("width", widths, "rep_rank", lambda w: w / 2), "rep_rank", "width").iter_rows(named=True)
+    assert row["saturation_width"] is None and row["growth_last"] == pytest.approx(1.0)
+    assert "not saturated in the widths swept" in row["note"]
+    # a looser tolerance accepts 16 (within 20% of 20) but not 8
+    loose = trend(trend_runs("width", widths, "rep_rank", lambda w: min(w, 20)), "rep_rank", "width", tolerance=0.2)
+    assert loose["saturation_width"].to_list() == [16]
+    assert "saturation_width" not in trend(trend_runs("sigma", [0.0, 1.0, 2.0], "rep_rank", lambda s: s),
+                                           "rep_rank", "sigma").columns
+
+
+def test_trend_counts_diverged_runs_and_never_fits_them(trend_runs):
+    clean = trend_runs("sigma", np.linspace(0.0, 2.0, 6), "n_dos", lambda s: 1 + s, seeds=4, noise=0.2)
+    # diverged runs carry a wild value: a fit that used them would be far off
+    bad = (pl.col("sigma") == 0.8) & (pl.col("seed") == 0)
+    frame = clean.with_columns(pl.when(bad).then(pl.lit("diverged")).otherwise(pl.lit("ok")).alias("status"),
+                               pl.when(bad).then(1e6).otherwise(pl.col("n_dos")).alias("n_dos"))
+    row = trend(frame, "n_dos", "sigma").row(0, named=True)
+    expected = trend(clean.filter(~bad), "n_dos", "sigma").row(0, named=True)
+    assert row["n_excluded"] == 1 and row["n_runs"] == 23 and row["slope"] == pytest.approx(expected["slope"])
+    assert row["note"] == "sigma=0.8: 3/4 seeds ok"
+    # three of four seeds diverged at one value: its survivor is not used, and the note says so
+    most = (pl.col("sigma") == 0.4) & (pl.col("seed") < 3)
+    frame = clean.with_columns(pl.when(most).then(pl.lit("failed")).otherwise(pl.lit("ok")).alias("status"),
+                               pl.when(most).then(None).otherwise(pl.col("n_dos")).alias("n_dos"))
+    row = trend(frame, "n_dos", "sigma").row(0, named=True)
+    assert (row["n_values"], row["n_runs"], row["n_excluded"]) == (5, 20, 3)
+    assert "sigma=0.4: 1/4 seeds ok, not used (under 50%)" in row["note"]
+    assert trend(frame, "n_dos", "sigma", min_seed_share=0.25)["n_runs"].to_list() == [21]
+
+
+def test_trend_with_fewer_than_three_values_says_why(trend_runs):
+    frame = pl.concat([trend_runs("sigma", [0.0, 1.0, 2.0], "n_dos", lambda s: s, temperature=0.0),
+                       trend_runs("sigma", [0.0, 1.0], "n_dos", lambda s: s, temperature=0.01)])
+    short = trend(frame, "n_dos", "sigma").filter(pl.col("temperature") == 0.01).row(0, named=True)
+    assert short["slope"] is None and short["rho"] is None and short["slope_ci_low"] is None
+    assert short["note"] == "2 sigma values with enough seeds ok; a slope and rho need 3"
+    assert trend(frame, "n_dos", "sigma").filter(pl.col("temperature") == 0.0)["slope"].to_list() == [1.0]
+
+
+@pytest.mark.parametrize("metric,axis,message", [
+    ("rank", "sigma", "metric 'rank' is not a column"),
+    ("n_dos", "sigmaa", "axis 'sigmaa' is not a column"),
+    ("symmetry_class", "sigma", "metric 'symmetry_class' is not numeric"),
+    ("n_dos", "width", "axis 'width' has a single value"),
+    ("n_dos", "seed", "seed cannot be an axis"),
+])
+def test_trend_refuses_bad_input(trend_runs, metric, axis, message):
+    frame = trend_runs("sigma", [0.0, 1.0, 2.0], "n_dos", lambda s: s, symmetry_class="1x4|d0", width=8)
+    with pytest.raises(AnalysisError, match=message):
+        trend(frame, metric, axis)
+
+
+def test_trend_command_prints_json_a_table_and_one_line_errors(trend_runs, results_folder, run_cli):
+    frame = pl.concat([trend_runs("sigma", np.linspace(0, 2, 5), "n_dos", lambda s, k=k: k * s, width=w)
+                       for k, w in ((1.0, 8), (2.0, 16))])
+    folder = results_folder(frame)
+    code, out, err = run_cli("trend", folder, "--metric", "n_dos", "--axis", "sigma", "--json")
+    assert code == 0 and err == ""
+    rows = json.loads(out)
+    assert [(r["width"], r["slope"]) for r in rows] == [(8, pytest.approx(1.0)), (16, pytest.approx(2.0))]
+    assert rows == trend(folder, "n_dos", "sigma").to_dicts()
+    code, out, _ = run_cli("trend", folder, "--metric", "n_dos", "--axis", "sigma", "--by", "", "--n-boot", "20")
+    assert code == 0 and "slope_ci_low" in out and "width" not in out.splitlines()[1]
+    code, out, err = run_cli("trend", folder, "--metric", "n_dos", "--axis", "sigma", "--by", "width", "--seed", "3",
+                             "--json")
+    assert code == 0 and json.loads(out) == trend(folder, "n_dos", "sigma", by=["width"], seed=3).to_dicts()
+    for argv, message in ((["--metric", "n_dos", "--axis", "gama"], "axis 'gama' is not a column"),
+                          (["--metric", "status", "--axis", "sigma"], "'status' is not numeric"),
+                          (["--metric", "n_dos"], "Missing option '--axis'")):
+        code, out, err = run_cli("trend", folder, *argv)
+        assert code == 2 and message in err and out == "" and "Traceback" not in err
+
+
+def test_a_metric_that_is_not_a_phasemap_column_is_never_a_group(trend_runs):
+    # a column added by the user varies like a config column; it is the metric, so it must stay
+    frame = trend_runs("sigma", [0.0, 1.0, 2.0], "my_score", lambda s: 2 * s)
+    assert trend(frame, "my_score", "sigma")["slope"].to_list() == pytest.approx([2.0])
+    assert critical(frame.with_columns(pl.col("my_score").round()), "my_score", "sigma").height == 2

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from phasemap.analysis import AnalysisError
 from phasemap.cli import app
-from phasemap.plots import (LABELS, cell_edges, default_axes, draw_loss, draw_phase, draw_scaling, loss_data,
-                            phase_data, plot, scaling_data, width_data)
+from phasemap.plots import (LABELS, cell_edges, default_axes, draw_loss, draw_phase, draw_scaling, draw_trend,
+                            loss_data, phase_data, plot, scaling_data, trend_data, width_data)
 
 SPECTRUM = [2.0, 1.0, 0.5, 0.25]
 
@@ -75,6 +75,8 @@ def test_scaling_and_width_and_loss_data(frame):
     ("scaling", {"color": "weight_rank"}, ".png"),
     ("width", {"color": "n_distinct"}, ".png"),
     ("loss", {"x": "gamma", "y": "sigma"}, ".png"),
+    ("trend", {"x": "gamma", "metric": "weight_rank", "by": ["sigma"]}, ".png"),
+    ("trend", {"x": "width", "metric": "n_distinct", "by": []}, ".svg"),
 ])
 def test_every_kind_draws_a_file(tmp_path, frame, kind, options, suffix):
     out = plot(frame, kind, tmp_path / f"fig{suffix}", **options)
@@ -198,6 +200,9 @@ def test_phase_plot_marks_cells_with_diverged_runs():
     (["--kind", "scaling", "--metric", "symmetry_class"], "'symmetry_class' is not numeric"),
     (["--kind", "width", "--metric", "symmetry_class"], "'symmetry_class' is not numeric"),
     (["--kind", "loss", "--y", "seed"], "seed cannot be"),
+    (["--kind", "trend", "--x", "gamma"], "9 groups of sigma, width"),
+    (["--kind", "trend", "--x", "gamma", "--metric", "symmetry_class"], "'symmetry_class' is not numeric"),
+    (["--kind", "phase", "--by", "sigma"], "--by chooses the groups of a trend plot"),
 ])
 def test_plot_input_errors_are_one_line(tmp_path, frame, options, message):
     frame.write_parquet(tmp_path / "runs.parquet")
@@ -205,3 +210,46 @@ def test_plot_input_errors_are_one_line(tmp_path, frame, options, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_trend_data_has_seed_means_the_fitted_line_and_its_band(trend_runs):
+    sigmas = [0.0, 0.5, 1.0, 1.5, 2.0]
+    runs = trend_runs("sigma", sigmas, "n_dos", lambda s: 1 + 2 * s, seeds=4, noise=0.5)
+    # at sigma = 2, three of four seeds diverge: no mean there, and the fit does not use the survivor
+    gone = (pl.col("sigma") == 2.0) & (pl.col("seed") < 3)
+    runs = runs.with_columns(pl.when(gone).then(pl.lit("diverged")).otherwise(pl.lit("ok")).alias("status"),
+                             pl.when(gone).then(None).otherwise(pl.col("n_dos")).alias("n_dos"))
+    data = trend_data(runs, "sigma", "n_dos", n_boot=100)
+    means = data["means"]
+    assert means["sigma"].to_list() == sigmas and means["mean"][-1] is None
+    at_one = runs.filter(pl.col("sigma") == 1.0)["n_dos"].to_numpy()
+    assert means["mean"][2] == pytest.approx(at_one.mean())
+    assert means["sem"][2] == pytest.approx(at_one.std(ddof=1) / 2)
+    assert means["n_diverged"].to_list() == [0, 0, 0, 0, 3]
+    (line,) = data["lines"]
+    row = data["table"].row(0, named=True)
+    assert line["x"][[0, -1]] == pytest.approx([0.0, 1.5])             # the values with a mean
+    assert line["fit"] == pytest.approx(row["intercept"] + row["slope"] * line["x"])
+    low, high = line["band"]
+    assert (low <= line["fit"] + 1e-9).all() and (line["fit"] <= high + 1e-9).all() and (high > low).any()
+    assert (data["n_runs"], data["n_diverged"], data["n_failed"], data["log_x"]) == (20, 3, 0, False)
+    fig = draw_trend(data)
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("ρ = ") and "per unit σ" in ax.get_title()
+    assert fig._suptitle.get_text() == "3 of 20 runs diverged, not in the means"
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "diverged/failed runs (count) — not in the means" in texts and "seed mean ± s.e." in texts
+    assert ax.get_xscale() == "linear"
+
+
+def test_trend_plot_draws_one_color_per_group_on_a_log_axis(frame):
+    data = trend_data(frame, "gamma", "weight_rank", by=["sigma"], n_boot=20)
+    assert data["log_x"] and data["groups"] == ["sigma"] and len(data["lines"]) == 3
+    assert [line["group"] for line in data["lines"]] == [{"sigma": 0.0}, {"sigma": 0.5}, {"sigma": 1.0}]
+    ax = draw_trend(data).axes[0]
+    assert ax.get_xscale() == "log" and ax.get_title() == ""
+    groups = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("σ = ")]
+    assert len(groups) == 3 and all("ρ = " in g and "per decade of γ" in g for g in groups)
+    # sigma x width is 9 groups: more than one figure tells apart
+    with pytest.raises(AnalysisError, match="9 groups of sigma, width, more than the 8"):
+        trend_data(frame, "gamma", "weight_rank")

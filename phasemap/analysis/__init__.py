@@ -2,6 +2,7 @@
 
     critical("results/lin", metric="weight_rank", axis="gamma")   # where the metric changes level
     scaling("results/pl", metric="weight_rank", axis="gamma")     # fit m <= C gamma^(-beta)
+    trend("results/noise", metric="n_dos", axis="sigma")          # does n_dos grow with sigma?
 
 Runs. Only runs of status ok with the metric measured are averaged (`n_runs`); the others
 (diverged, failed) are counted per group (`n_excluded`), never silently dropped. A frame without a
@@ -36,6 +37,16 @@ on a log axis) inside its bracket in that resample, so the CI of beta and C carr
 and the grid uncertainty. The "quantile" method fits the q-quantile of the metric at each gamma
 instead. `default_metric` picks the metric when none is given: weight_rank for linear students,
 n_distinct otherwise.
+
+Trends. Within each group, a least-squares line of the metric on the axis (on log10 of the axis
+when it is read on a log scale, so the slope is per decade) and Spearman's rank correlation rho
+(ties get their average rank) over every ok run at the axis values kept by the `min_seed_share`
+rule; fewer than three such values give no slope and no rho, and a note. The 95% CIs are
+percentiles over bootstrap resamples of whole seeds (all runs of a seed drawn together, since
+runs of one seed share an initialisation), or of single runs when the group has fewer than
+three seeds (`ci_method`). Along width, `saturation_width` is the smallest width from which on
+every seed-mean lies within `tolerance` (relative) of the widest's, null when only the widest
+does; `growth_last` is the relative growth between the two largest widths.
 """
 
 from phasemap.analysis.critical import CRITICAL_SCHEMA, critical, crossings, group_transitions
@@ -43,8 +54,10 @@ from phasemap.analysis.runs import (MIN_SEED_SHARE, OK, PRIMARY_AXES, SEED, Anal
                                     Results, default_metric, drop_log_controls, frame, group_columns,
                                     independent_axes, require_columns, seed_curves, source, use_log, varying_axes)
 from phasemap.analysis.scaling import ScalingFit, scaling, scaling_fit, width_saturation
+from phasemap.analysis.trend import TREND_SCHEMA, TrendFit, trend, trend_fit
 
-__all__ = ["CRITICAL_SCHEMA", "MIN_SEED_SHARE", "OK", "PRIMARY_AXES", "SEED", "AnalysisError", "ControlsLeftOut",
-           "Curve", "Results", "ScalingFit", "critical", "crossings", "default_metric", "drop_log_controls", "frame",
-           "group_columns", "group_transitions", "independent_axes", "require_columns", "scaling", "scaling_fit",
-           "seed_curves", "source", "use_log", "varying_axes", "width_saturation"]
+__all__ = ["CRITICAL_SCHEMA", "MIN_SEED_SHARE", "OK", "PRIMARY_AXES", "SEED", "TREND_SCHEMA", "AnalysisError",
+           "ControlsLeftOut", "Curve", "Results", "ScalingFit", "TrendFit", "critical", "crossings", "default_metric",
+           "drop_log_controls", "frame", "group_columns", "group_transitions", "independent_axes", "require_columns",
+           "scaling", "scaling_fit", "seed_curves", "source", "trend", "trend_fit", "use_log", "varying_axes",
+           "width_saturation"]

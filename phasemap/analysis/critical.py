@@ -101,7 +101,7 @@ def fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _notes(axis: str, curve: Curve, indices, n_seeds: int, min_seed_share: float) -> str:
+def seed_notes(axis: str, curve: Curve, indices, n_seeds: int, min_seed_share: float) -> str:
     """What the reader must know about these grid values: seeds missing, values not used."""
     parts = []
     for i in indices:
@@ -148,7 +148,7 @@ def group_transitions(curve: Curve, axis: str, log: bool, n_boot: int, rng,
             row = {"from": level_from, "to": level_to, "critical": float(back((u[p] + u[q]) / 2)),
                    "ci_low": lo, "ci_high": hi, "resolved": False}
         covered[kept[p] + 1:kept[q]] = True
-        row["note"] = _notes(axis, curve, range(kept[p], kept[q] + 1), n_seeds, min_seed_share)
+        row["note"] = seed_notes(axis, curve, range(kept[p], kept[q] + 1), n_seeds, min_seed_share)
         rows.append(row)
     # grid values not used, where no bracket spans them: say that no boundary was located there
     skipped = np.setdiff1d(np.arange(len(curve.xs)), kept)
@@ -161,9 +161,20 @@ def group_transitions(curve: Curve, axis: str, log: bool, n_boot: int, rng,
         rows.append({"from": level_from, "to": level_to, "critical": None,
                      "ci_low": float(curve.xs[before[-1] if len(before) else run[0]]),
                      "ci_high": float(curve.xs[after[0] if len(after) else run[-1]]), "resolved": False,
-                     "note": _notes(axis, curve, run, n_seeds, min_seed_share)
+                     "note": seed_notes(axis, curve, run, n_seeds, min_seed_share)
                      + "; no boundary located here"})
     return rows
+
+
+def _flat(curve: Curve, metric: str) -> dict:
+    """The row of a group whose seed mean never changes level: said, not left out."""
+    mean = seed_mean(curve.values)
+    levels = sorted({_level(v) for v in mean[~np.isnan(mean)]})
+    level = levels[0] if len(levels) == 1 else None
+    stays = f"stays at {level}" if level is not None else "has no usable values"
+    return {"from": level, "to": level, "critical": None, "ci_low": float(curve.xs.min()),
+            "ci_high": float(curve.xs.max()), "resolved": False,
+            "note": f"no transition: the seed mean of {metric} {stays} from {fmt(curve.xs.min())} to {fmt(curve.xs.max())}"}
 
 
 CRITICAL_SCHEMA = {"from": pl.Int64, "to": pl.Int64, "critical": pl.Float64, "ci_low": pl.Float64,
@@ -185,7 +196,7 @@ def critical(results: Results, metric: str, axis: str, by: list[str] | None = No
     rng = np.random.default_rng(seed)
     rows = []
     for key, curve in seed_curves(data, metric, axis, groups).items():
-        for row in group_transitions(curve, axis, log, n_boot, rng, min_seed_share):
+        for row in group_transitions(curve, axis, log, n_boot, rng, min_seed_share) or [_flat(curve, metric)]:
             rows.append({**dict(zip(groups, key)), **row, "n_runs": curve.n_runs, "n_excluded": curve.n_excluded})
     schema = {g: data.schema[g] for g in groups} | CRITICAL_SCHEMA
     return pl.DataFrame(rows, schema=schema).sort([*groups, "critical", "ci_low"], nulls_last=True)

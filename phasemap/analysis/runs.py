@@ -196,7 +196,7 @@ def load(results: Results, metric: str | None, axis: str, by: list[str] | None =
     schema = lazy.collect_schema()
     metric = metric or default_metric(lazy)
     require_columns(schema, metric, (axis,), by)
-    others = by if by is not None else [c for c in varying_axes(lazy) if c not in (axis, SEED)]
+    others = by if by is not None else [c for c in varying_axes(lazy) if c not in (axis, SEED, metric)]
     columns = [c for c in dict.fromkeys([*others, SEED, axis, metric, "status", *extra]) if c in schema.names()]
     data, controls = drop_log_controls(lazy.select(columns).collect(), axis)
     groups = by if by is not None else (

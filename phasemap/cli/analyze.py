@@ -1,6 +1,7 @@
-"""`phasemap critical`, `scaling`, `plot` and `validate`: questions asked of a results folder.
+"""`phasemap critical`, `trend`, `scaling`, `plot` and `validate`: questions asked of a results folder.
 
     phasemap critical results/linear-rank --metric weight_rank --axis gamma
+    phasemap trend results/noise --metric n_dos --axis sigma
     phasemap scaling results/power-law
     phasemap plot results/quickstart --kind phase -o phase.png
 """
@@ -41,12 +42,49 @@ def critical(
     if table.height == 0:
         console.print(f"{metric} does not change level along {axis}")
         return
+    _print_table(table)
+
+
+def _columns(by: list[str] | None) -> list[str] | None:
+    """--by given as "a,b", as --by a --by b, or not at all (None: the default groups)."""
+    return [c for part in by for c in part.split(",") if c] if by else None
+
+
+def _print_table(table) -> None:
+    """A polars frame as a table: 4 significant digits, a dash for null."""
     from rich.table import Table
 
     view = Table(*table.columns)
     for row in table.iter_rows():
         view.add_row(*(f"{v:.4g}" if isinstance(v, float) else "—" if v is None else escape(str(v)) for v in row))
     console.print(view)
+
+
+@app.command()
+def trend(
+    results: str = typer.Argument(..., help="Results folder or URI."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="e.g. n_dos, rep_rank, n_distinct (default: "
+                                         "weight_rank for linear students, else n_distinct)."),
+    axis: str = typer.Option(..., "--axis", help="e.g. sigma, width, gamma."),
+    by: Optional[list[str]] = typer.Option(None, "--by", help="Group columns, comma-separated or repeated "
+                                           "(default: the other axes; --by '' pools them)."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help="Bootstrap resamples for the CIs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    tolerance: float = typer.Option(0.1, "--tolerance", min=0.0,
+                                    help="Relative distance from the widest mean that counts as saturated (width)."),
+    min_seed_share: float = typer.Option(0.5, "--min-seed-share", min=0.0, max=1.0,
+                                         help="Axis values where fewer seeds finished ok are not used."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+) -> None:
+    """Trend of a metric along an axis: slope (per decade on a log axis), Spearman rho, seed-bootstrap CIs."""
+    from phasemap.analysis import trend as fit
+
+    table = analysis_call(fit, results, metric, axis, by=_columns(by), n_boot=n_boot, seed=seed,
+                          min_seed_share=min_seed_share, tolerance=tolerance)
+    if as_json:
+        sys.stdout.write(json.dumps(table.to_dicts(), indent=2) + "\n")
+        return
+    _print_table(table)
 
 
 @app.command()
@@ -89,19 +127,22 @@ def scaling(
 @app.command()
 def plot(
     results: str = typer.Argument(..., help="Results folder or URI."),
-    kind: str = typer.Option("phase", "--kind", help="phase, scaling, width or loss."),
+    kind: str = typer.Option("phase", "--kind", help="phase, scaling, width, loss or trend."),
     x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma)."),
     y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), or the series (loss)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="What the figure measures (default: weight_rank "
                                          "for linear students, else n_distinct); phase also takes symmetry_class."),
     color: Optional[str] = typer.Option(None, "--color", help="Alias of --metric for the phase diagram's color."),
     facet: Optional[str] = typer.Option(None, "--facet", help="A third axis: one panel per value (phase)."),
+    by: Optional[list[str]] = typer.Option(None, "--by", help="Group columns, one color each (trend; "
+                                           "comma-separated or repeated; default: the other axes)."),
     out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
 ) -> None:
-    """Draw a phase diagram, a scaling plot, a width-saturation plot or loss curves."""
+    """Draw a phase diagram, a scaling plot, a width-saturation plot, loss curves or a trend."""
     from phasemap.plots import plot as draw
 
-    path = analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet, metric=metric)
+    path = analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet, metric=metric,
+                         by=_columns(by))
     console.print(f"wrote {path}")
 
 

@@ -7,11 +7,13 @@ Kinds: `phase` (heat map over two axes colored by a metric, or by the modal symm
 the seeds' agreement shown, critical points with their CIs overlaid, optional facets over a third
 axis), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
 bootstrap band), `width` (metric against width, one line per gamma), `loss` (train and test loss
-along an axis). Default axes are the swept knobs, never columns derived from them (batch_size
-along temperature); the default metric is `analysis.default_metric`. Diverged and failed runs
-are never averaged in silently: they are counted in the title and marked where they happened,
-and a value where fewer than half of the seeds finished is not drawn. Axes whose grid spans more
-than a factor 10 are drawn on log scales, and every axis ends at the data's extent.
+along an axis), `trend` (runs, seed means and the least-squares line with its bootstrap band along
+one axis, one color per group of the other axes, rho and the slope with their CIs). Default axes
+are the swept knobs, never columns derived from them (batch_size along temperature); the default
+metric is `analysis.default_metric`. Diverged and failed runs are never averaged in silently:
+they are counted in the title and marked where they happened, and a value where fewer than half
+of the seeds finished is not drawn. Axes whose grid spans more than a factor 10 are drawn on log
+scales, and every axis ends at the data's extent.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from phasemap.analysis import SEED, AnalysisError, default_metric, independent_axes, source
-from phasemap.plots.data import loss_data, phase_data, scaling_data, width_data
-from phasemap.plots.draw import LABELS, cell_edges, draw_loss, draw_phase, draw_scaling, draw_width, label
+from phasemap.plots.data import MAX_GROUPS, loss_data, phase_data, scaling_data, trend_data, width_data
+from phasemap.plots.draw import (LABELS, cell_edges, draw_loss, draw_phase, draw_scaling, draw_trend, draw_width,
+                                 label)
 
-__all__ = ["KINDS", "LABELS", "cell_edges", "default_axes", "draw_loss", "draw_phase", "draw_scaling", "draw_width", "label",
-           "loss_data", "phase_data", "plot", "scaling_data", "width_data"]
+__all__ = ["KINDS", "LABELS", "MAX_GROUPS", "cell_edges", "default_axes", "draw_loss", "draw_phase", "draw_scaling",
+           "draw_trend", "draw_width", "label", "loss_data", "phase_data", "plot", "scaling_data", "trend_data",
+           "width_data"]
 
-KINDS = ("phase", "scaling", "width", "loss")
+KINDS = ("phase", "scaling", "width", "loss", "trend")
 
 def default_axes(results) -> list[str]:
     """The axes a figure uses when none are given: swept knobs, gamma first, no derived columns."""
@@ -34,17 +38,21 @@ def default_axes(results) -> list[str]:
 
 
 def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | None = None,
-         color: str | None = None, facet: str | None = None, metric: str | None = None) -> Path:
+         color: str | None = None, facet: str | None = None, metric: str | None = None,
+         by: list[str] | None = None) -> Path:
     """Compute and draw one figure; the format follows out's suffix (.png, .svg, .pdf).
 
     `metric` is what the figure measures (phase: the color; `color` is its alias there);
-    by default `analysis.default_metric`.
+    by default `analysis.default_metric`. `by` (trend only) names the group columns, one color
+    each; by default the other varying axes.
     """
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise AnalysisError(f"{out}: the figure must end in .png, .svg or .pdf")
     if kind not in KINDS:
         raise AnalysisError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
+    if by is not None and kind != "trend":
+        raise AnalysisError("--by chooses the groups of a trend plot; use it with --kind trend")
     if metric and color and metric != color:
         raise AnalysisError("give the metric once: --metric and --color name different columns")
     lazy = source(results)
@@ -58,6 +66,11 @@ def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | Non
         fig = draw_phase(phase_data(lazy, x, y, metric, facet))
     elif kind == "scaling":
         fig = draw_scaling(scaling_data(lazy, metric, x or "gamma"))
+    elif kind == "trend":
+        x = x or next(iter(default_axes(lazy)), None)
+        if x is None:
+            raise AnalysisError("a trend plot needs a varying axis (give --x)")
+        fig = draw_trend(trend_data(lazy, x, metric, by))
     elif kind == "width":
         fig = draw_width(width_data(lazy, metric, x or "gamma"), metric, x or "gamma")
     else:

@@ -7,9 +7,10 @@ import polars as pl
 
 from phasemap import store
 from phasemap.analysis import (MIN_SEED_SHARE, OK, SEED, AnalysisError, critical, frame, require_columns,
-                               scaling_fit, use_log)
+                               scaling_fit, trend_fit, use_log)
 
 MAX_CLASSES = 9  # the most frequent symmetry classes get their own color, the rest are "other"
+MAX_GROUPS = 8   # lines in a trend plot: more colors than this cannot be told apart
 
 def _run_counts(value: str | None = None) -> list[pl.Expr]:
     """Per group: all runs, runs usable (ok with a value), diverged and failed runs."""
@@ -125,3 +126,52 @@ def loss_data(results, x: str, hue: str | None = None, min_seed_share: float = M
             .agg(pl.col("train_loss").filter(ok).mean(), pl.col("test_loss").filter(ok).mean(), *_run_counts())
             .with_columns(pl.when(enough).then(pl.col(c)).otherwise(None) for c in ("train_loss", "test_loss"))
             .sort(keys))
+
+
+def _seed_means(data: pl.DataFrame, keys: list[str], metric: str, min_seed_share: float) -> pl.DataFrame:
+    """Per key: the mean over seeds of each seed's mean over its ok runs, its standard error over
+    seeds, the run counts; mean null where fewer than `min_seed_share` of the group's seeds
+    (`keys[:-1]`, every status) have an ok run."""
+    seed = [SEED] if SEED in data.columns else []
+    groups = keys[:-1]
+    used = (pl.col("status") == OK) & pl.col(metric).is_not_null()
+    per_seed = data.group_by([*keys, *seed]).agg(pl.col(metric).cast(pl.Float64).filter(used).mean().alias("m"),
+                                                 *_run_counts(metric))
+    seeds = pl.col(SEED).n_unique() if seed else pl.lit(1, pl.UInt32)
+    return (per_seed.with_columns((seeds.over(groups) if groups else seeds).alias("n_seeds"))
+            .group_by(keys)
+            .agg(pl.col("m").mean().alias("mean"), (pl.col("m").std() / pl.col("m").count().sqrt()).alias("sem"),
+                 pl.col("m").count().alias("n_seeds_ok"), pl.col("n_seeds").first(),
+                 *(pl.col(c).sum() for c in ("n", "n_ok", "n_diverged", "n_failed")))
+            .with_columns(pl.col("sem").fill_null(0.0),
+                          pl.when(pl.col("n_seeds_ok") >= min_seed_share * pl.col("n_seeds")).then(pl.col("mean"))
+                          .otherwise(None).alias("mean"))
+            .sort(keys))
+
+
+def trend_data(results, x: str, metric: str | None = None, by: list[str] | None = None, n_boot: int = 200,
+               seed: int = 0, min_seed_share: float = MIN_SEED_SHARE) -> dict:
+    """Runs, per group the seed means (with their standard error) at every x, the least-squares
+    line with a 95% band over the bootstrap fits, the `trend` table and the run counts. At most
+    MAX_GROUPS groups (choose them with `by`)."""
+    fit = trend_fit(results, metric, x, by, n_boot, seed, min_seed_share, max_groups=MAX_GROUPS)
+    data, groups, metric = fit.data, fit.groups, fit.metric
+    means = _seed_means(data, [*groups, x], metric, min_seed_share)
+    lines = []
+    for row in fit.table.iter_rows(named=True):
+        key = tuple(row[g] for g in groups)
+        if row["slope"] is None:
+            continue
+        shown = means.filter(pl.col("mean").is_not_null(), *(pl.col(g).eq_missing(v) for g, v in zip(groups, key)))
+        lo, hi = float(shown[x].min()), float(shown[x].max())
+        grid = np.geomspace(lo, hi, 100) if fit.log else np.linspace(lo, hi, 100)
+        u = np.log10(grid) if fit.log else grid
+        boots = fit.fits[key][~np.isnan(fit.fits[key]).any(axis=1)]
+        curves = boots[:, 1:2] + boots[:, 0:1] * u
+        band = (np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)) if len(boots) else None
+        lines.append({"group": dict(zip(groups, key)), "x": grid, "fit": row["intercept"] + row["slope"] * u,
+                      "band": band})
+    return {"runs": data, "means": means, "lines": lines, "table": fit.table, "groups": groups, "x": x,
+            "metric": metric, "log_x": fit.log, "n_runs": data.height,
+            "n_diverged": int((data["status"] == "diverged").sum()),
+            "n_failed": int((data["status"] == "failed").sum())}

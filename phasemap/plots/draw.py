@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from phasemap.analysis import use_log
+from phasemap.analysis import OK, use_log
 
 LABELS = {
     "gamma": "γ (weight decay)", "temperature": "T = η/S", "sigma": "σ (noise)", "width": "width",
@@ -265,6 +265,17 @@ def draw_scaling(data: dict):
     return fig
 
 
+def _width_axis(ax, widths: np.ndarray) -> None:
+    """A log2 x axis with a tick at every width swept, ending at the first and last."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(widths))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(widths.min(), widths.max())
+
+
 def draw_width(data: pl.DataFrame, metric: str, axis: str):
     plt, sns = _style()
     fig, ax = plt.subplots(figsize=(4.8, 3.8), constrained_layout=True)
@@ -281,12 +292,7 @@ def draw_width(data: pl.DataFrame, metric: str, axis: str):
         widths = bad["width"].unique().to_numpy()
         ax.plot(widths, np.full(len(widths), 0.96), transform=ax.get_xaxis_transform(), clip_on=False,
                 label="widths with diverged/failed runs", **DIVERGED)
-    from matplotlib.ticker import FixedLocator, FuncFormatter
-
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(data["width"].unique().sort().to_numpy()))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlim(data["width"].min(), data["width"].max())
+    _width_axis(ax, data["width"].unique().sort().to_numpy())
     ax.set_xlabel("width")
     ax.set_ylabel(label(metric))
     ax.legend(title=label(axis), fontsize=7, title_fontsize=8, frameon=False, loc="upper left")
@@ -294,6 +300,19 @@ def draw_width(data: pl.DataFrame, metric: str, axis: str):
     if note:
         ax.set_title(note, fontsize=8, color=DIVERGED["color"])
     return fig
+
+
+def _mark_excluded(ax, counts: pl.DataFrame, x: str) -> None:
+    """At the top of the axes, a red x at every x where runs diverged or failed, with their count
+    over all the runs there (`counts`: x, n, n_diverged, n_failed)."""
+    bad = (counts.group_by(x).agg(pl.col("n").sum(), (pl.col("n_diverged") + pl.col("n_failed")).sum().alias("k"))
+           .filter(pl.col("k") > 0).sort(x))
+    if bad.height:
+        ax.plot(bad[x], np.full(bad.height, 0.96), transform=ax.get_xaxis_transform(),
+                label="diverged/failed runs (count) — not in the means", **DIVERGED)
+        for row in bad.iter_rows(named=True):
+            ax.annotate(f"{row['k']}/{row['n']}", (row[x], 0.96), xycoords=("data", "axes fraction"),
+                        xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7, color=DIVERGED["color"])
 
 
 def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
@@ -308,14 +327,7 @@ def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
         shown = part.filter(pl.col("train_loss").is_not_null())
         ax.plot(shown[x], shown["train_loss"], "o-", ms=3, color=color, label="train" + name)
         ax.plot(shown[x], shown["test_loss"], "s--", ms=3, color=color, label="test" + name)
-    bad = (data.group_by(x).agg(pl.col("n").sum(), (pl.col("n_diverged") + pl.col("n_failed")).sum().alias("k"))
-           .filter(pl.col("k") > 0).sort(x))
-    if bad.height:   # at the top of the axes, at the x where runs diverged, with their count
-        ax.plot(bad[x], np.full(bad.height, 0.96), transform=ax.get_xaxis_transform(),
-                label="diverged/failed runs (count) — not in the means", **DIVERGED)
-        for row in bad.iter_rows(named=True):
-            ax.annotate(f"{row['k']}/{row['n']}", (row[x], 0.96), xycoords=("data", "axes fraction"),
-                        xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7, color=DIVERGED["color"])
+    _mark_excluded(ax, data, x)
     _scale(ax, "x", use_log(data[x].to_numpy().astype(float)), data[x].to_numpy())
     ax.set_yscale("log")
     ax.set_xlabel(label(x))
@@ -324,4 +336,79 @@ def draw_loss(data: pl.DataFrame, x: str, hue: str | None):
     note = _excluded_title(int(data["n"].sum()), int(data["n_diverged"].sum()), int(data["n_failed"].sum()))
     if note:
         ax.set_title(note, fontsize=8, color=DIVERGED["color"])
+    return fig
+
+
+def _value(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _ci(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2g}" if low is None else f"{value:.2g} [{low:.2g}, {high:.2g}]"
+
+
+def _trend_text(row: dict, log: bool, axis: str) -> str:
+    """ρ and the slope with their 95% CIs, as a title or a legend entry."""
+    if row["slope"] is None:
+        return f"no fit ({row['n_values']} values)"
+    per = f"per decade of {SYMBOLS.get(axis, axis)}" if log else f"per unit {SYMBOLS.get(axis, axis)}"
+    return (f"ρ = {_ci(row['rho'], row['rho_ci_low'], row['rho_ci_high'])}, "
+            f"slope = {_ci(row['slope'], row['slope_ci_low'], row['slope_ci_high'])} {per}")
+
+
+def draw_trend(data: dict):
+    """Runs as faint dots, seed means ± standard error, the least-squares line and its 95% band;
+    one color per group."""
+    plt, sns = _style()
+    from matplotlib.lines import Line2D
+
+    groups, x, metric, table = data["groups"], data["x"], data["metric"], data["table"]
+    fig, ax = plt.subplots(figsize=(9.0 if groups else 5.2, 4.0), constrained_layout=True)
+    colors = sns.color_palette("tab10" if len(groups) else "deep", max(table.height, 1))
+    lines = {tuple(line["group"].values()): line for line in data["lines"]}
+    handles = {}
+    for color, row in zip(colors, table.iter_rows(named=True)):
+        key = tuple(row[g] for g in groups)
+        match = [pl.col(g).eq_missing(v) for g, v in zip(groups, key)] or [pl.lit(True)]
+        runs = data["runs"].filter(*match, pl.col("status") == OK, pl.col(metric).is_not_null())
+        ax.scatter(runs[x], runs[metric], s=7, alpha=0.25, color=color, linewidths=0, zorder=2, clip_on=False)
+        means = data["means"].filter(*match, pl.col("mean").is_not_null())
+        bars = ax.errorbar(means[x], means["mean"], yerr=means["sem"], fmt="o", ms=4, color=color, mec="white",
+                           mew=0.6, elinewidth=1.0, capsize=2, zorder=4)
+        for part in [*bars.lines[2], *bars.lines[1], bars.lines[0]]:
+            part.set_clip_on(False)     # means at the first and last axis value sit on the axes' edge
+        line = lines.get(key)
+        if line is not None:
+            if line["band"] is not None:
+                ax.fill_between(line["x"], *line["band"], color=color, alpha=0.2, lw=0, zorder=1)
+            ax.plot(line["x"], line["fit"], color=color, lw=1.4, zorder=3)
+        if row.get("saturation_width") is not None:
+            ax.axvline(row["saturation_width"], color=color, ls=":", lw=1.2, zorder=1)
+            handles.setdefault("saturation width (dotted)", Line2D([], [], color="0.4", ls=":"))
+        if groups:
+            name = ", ".join(f"{SYMBOLS.get(g, g)} = {_value(v)}" for g, v in zip(groups, key))
+            handles[f"{name}: {_trend_text(row, data['log_x'], x)}"] = bars
+    style = "0.35" if groups else colors[0]
+    _mark_excluded(ax, data["means"], x)
+    marked = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    handles = {"runs": Line2D([], [], marker="o", ls="none", ms=3, alpha=0.4, color=style, mew=0),
+               "seed mean ± s.e.": Line2D([], [], marker="o", ms=4, ls="none", color=style),
+               "least-squares fit, 95% band": Line2D([], [], color=style), **marked, **handles}
+    values = data["runs"][x].unique().sort().to_numpy().astype(float)
+    if x == "width" and data["log_x"]:
+        _width_axis(ax, values)
+    else:
+        _scale(ax, "x", data["log_x"], values)
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(metric))
+    if not groups:
+        ax.set_title(_trend_text(table.row(0, named=True), data["log_x"], x), fontsize=8)
+    legend = ax.legend(list(handles.values()), list(handles), fontsize=7, frameon=False,
+                       **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if groups else {}))
+    legend.set_zorder(5)
+    note = _excluded_title(data["n_runs"], data["n_diverged"], data["n_failed"])
+    if note:
+        fig.suptitle(note, fontsize=8, color=DIVERGED["color"])
     return fig
