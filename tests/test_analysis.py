@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from phasemap import store
 from phasemap.analysis import AnalysisError, ControlsLeftOut, critical, crossings, default_metric, scaling, trend
+from phasemap.analysis.runs import seed_curves
 from phasemap.cli import app
 from phasemap.grid import expand
 from phasemap.runner import run_chunk
@@ -137,6 +138,16 @@ def test_a_group_without_a_transition_is_a_row_that_says_so():
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.1, 4.0))
     assert row["note"] == "no transition: the seed mean of weight_rank stays at 2 from 0.1 to 4"
     assert table.filter(pl.col("sigma") == 0.0).height == 4
+
+
+def test_groups_are_visited_in_sorted_order_whatever_the_row_order():
+    # bootstrap draws come from one generator across groups, so the visit order must be fixed
+    tables = [rank_table(np.geomspace(0.1, 4, 25), jitter=0.1, sigma=s).with_columns(status=pl.lit("ok"))
+              for s in (2.0, 0.5, 1.0, 0.0)]
+    data = pl.concat(tables)
+    for shuffle in range(5):
+        curves = seed_curves(data.sample(fraction=1.0, shuffle=True, seed=shuffle), "weight_rank", "gamma", ["sigma"])
+        assert list(curves) == [(0.0,), (0.5,), (1.0,), (2.0,)]
 
 
 def test_power_law_scaling_exponent():

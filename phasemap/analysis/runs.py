@@ -152,7 +152,9 @@ def seed_curves(data: pl.DataFrame, metric: str, axis: str, groups: list[str]) -
            .agg(pl.col(metric).cast(pl.Float64).filter(used).mean().alias("m"),
                 used.sum().alias("n_ok"), pl.len().alias("n")))
     out = {}
-    for key, part in (agg.partition_by(groups, as_dict=True) if groups else {(): agg}).items():
+    parts = agg.partition_by(groups, as_dict=True) if groups else {(): agg}
+    # in a fixed order (polars' group order is not), so that bootstrap draws do not vary run to run
+    for key, part in sorted(parts.items(), key=lambda item: tuple((v is None, v) for v in item[0])):
         xs, x_idx = np.unique(part[axis].to_numpy().astype(float), return_inverse=True)
         _, s_idx = np.unique(part[SEED].to_numpy() if seed else np.zeros(part.height), return_inverse=True)
         values = np.full((s_idx.max() + 1, len(xs)), np.nan)
