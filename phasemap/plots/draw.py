@@ -205,6 +205,8 @@ def draw_phase(data: dict):
             crit = data["critical"] if value is None else data["critical"].filter(pl.col(facet) == value)
             _draw_critical(ax, crit, y, ypos, handles)
         _scale(ax, "x", data["log_x"], xe)
+        if not data["log_x"] and np.issubdtype(xs_all.dtype, np.integer) and len(xs_all) <= MAX_ROWS:
+            ax.set_xticks(xs_all)       # a few integer values (seeds, counts): a tick on each cell, not 0.5 steps
         if rows:
             ax.set_yticks(range(len(ys_all)), [f"{v:.4g}" if isinstance(v, float) else str(v) for v in ys_all])
             ax.set_ylim(ye[0], ye[-1])
