@@ -1,9 +1,9 @@
-"""Batched training: M students of one shape trained as one computation.
+"""Batched training: M students of one family and shape trained as one computation.
 
 Every tensor has a leading model axis M. Each model has its own gamma, lr, batch size, input
-noise, seeds and data; a step is a handful of batched matmuls (bmm) with a hand-written
-backward pass, so there is no Python work per model per step. Models never mix: a model that
-diverges (NaN/inf) is frozen and reported, and leaves the others' numbers unchanged.
+noise, seeds and data; a step is a handful of batched tensor operations, so there is no Python
+work per model per step. Models never mix: a model that diverges (NaN/inf) is frozen and
+reported, and leaves the others' numbers unchanged.
 
 Loss, per model:  L(theta) = (1/B) sum_n ||y_n - f(x_n)||^2 + gamma ||theta||^2
 (squared error summed over output dims, averaged over the B samples of the batch; the
@@ -11,39 +11,40 @@ penalty covers every weight and bias). With adamw, gamma is the decoupled decay 
 theta <- theta (1 - lr gamma) each step, as torch.optim.AdamW(weight_decay=gamma).
 
     batch = build_batch(configs)          # configs of one shape_key
-    result = fit(batch)                   # result.weights[l]: (M, fan_in, fan_out)
+    result = fit(batch)                   # result.params: the family's parameters, (M, ...) each
 
-The step math lives in phasemap.kernels (torch, eager or compiled) and phasemap.fused (C++, for
-two-layer SGD on the CPU); this module owns batches, minibatches, the loop and picks the backend.
+The models are phasemap.models' families, the steps phasemap.backends' (hand-written, C++ or
+autograd), the updates phasemap.optim's; this module owns batches, minibatches and the loop.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from phasemap import fused, kernels, rng
+from phasemap import backends, models, optim, rng
 from phasemap.shapes import shape_key
-from phasemap.tasks import init_student, make_data, teach, teacher_params
+from phasemap.tasks import make_data, teach, teacher_params
 
 Tensor = torch.Tensor
 
 CHECK_EVERY = 100  # steps between divergence checks
-COMPILE_WORK = 2e9  # model x step x sample x unit products above which a batch is compiled
 
 
 @dataclass
 class Batch:
-    """M models of one shape, ready to train. Shapes in comments; d = d_in, k = d_out."""
+    """M models of one family and shape, ready to train. Shapes in comments; x's trailing
+    dimensions are the family's input (d for an MLP, (n_ctx, d + 1) for a transformer)."""
 
-    x: Tensor                 # (M, N, d) train inputs
+    x: Tensor                 # (M, N, ...) train inputs
     y: Tensor                 # (M, N, k) train targets (fixed label noise included; fresh noise is per step)
-    x_test: Tensor            # (M, Nt, d)
+    x_test: Tensor            # (M, Nt, ...)
     y_test: Tensor            # (M, Nt, k) noiseless
-    weights: list[Tensor]     # W_l: (M, fan_in, fan_out)
-    biases: list[Tensor]      # b_l: (M, 1, fan_out), empty without biases
+    params: list[Tensor]      # the family's parameters, (M, ...) each
+    family: str               # phasemap.models family name
+    arch: dict                # the family's arch(cfg): what forward and measure need
     gamma: Tensor             # (M,)
     lr: Tensor                # (M,)
     batch_size: Tensor        # (M,) int64
@@ -52,11 +53,12 @@ class Batch:
     beta1: Tensor             # (M,)
     beta2: Tensor             # (M,)
     eps: Tensor               # (M,)
-    keys: Tensor              # (M,) int64 per-model stream key for minibatches and input noise
+    keys: Tensor              # (M,) int64 per-model stream key for minibatches
+    noise_keys: Tensor        # (M,) int64 per-model stream key for input noise
     label_keys: Tensor        # (M,) int64 per-model stream key for fresh label noise
-    activation: str
     optimizer: str
     steps: int
+    work: float               # M x steps x samples x width x depth: decides whether an MLP step is compiled
     fresh: "FreshData | None" = None   # the teacher and input distribution, with task.fresh_data
 
     @property
@@ -64,8 +66,18 @@ class Batch:
         return self.x.shape[0]
 
     @property
-    def params(self) -> list[Tensor]:
-        return self.weights + self.biases
+    def weights(self) -> list[Tensor]:
+        """An MLP's weights W_l (M, fan_in, fan_out)."""
+        return self.params[:self.arch["n_weights"]]
+
+    @property
+    def biases(self) -> list[Tensor]:
+        """An MLP's biases b_l (M, 1, fan_out); empty without biases."""
+        return self.params[self.arch["n_weights"]:]
+
+    @property
+    def activation(self) -> str:
+        return self.arch["activation"]
 
 
 @dataclass
@@ -91,17 +103,25 @@ class FreshData:
 class Result:
     """Final state of a trained batch. Losses are NaN for diverged models."""
 
-    weights: list[Tensor]
-    biases: list[Tensor]
+    params: list[Tensor]      # the family's parameters, (M, ...) each
     train_loss: Tensor        # (M,) data term on the whole train set
     test_loss: Tensor         # (M,) on the noiseless test set
     diverged_step: Tensor     # (M,) int64, -1 where the model stayed finite
     seconds: float
-    extras: dict = field(default_factory=dict)
+    backend: str              # the backend that trained the batch
+    n_weights: int = 0        # for an MLP: params[:n_weights] are the weights, the rest biases
 
     @property
     def diverged(self) -> Tensor:
         return self.diverged_step >= 0
+
+    @property
+    def weights(self) -> list[Tensor]:
+        return self.params[:self.n_weights]
+
+    @property
+    def biases(self) -> list[Tensor]:
+        return self.params[self.n_weights:]
 
 
 def build_batch(configs: list[dict], device: str | torch.device = "cpu",
@@ -110,8 +130,10 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
     keys = {shape_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError(f"configs of {len(keys)} different shapes in one batch")
+    first = configs[0]
+    family = models.get(models.family_of(first))
     data = [make_data(c, dtype) for c in configs]
-    students = [init_student(c, dtype) for c in configs]
+    students = [family.init_params(c, dtype) for c in configs]
 
     def stack(items) -> Tensor:
         return torch.stack(list(items)).to(device)
@@ -119,14 +141,14 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
     def per_model(key, dt=dtype) -> Tensor:
         return torch.tensor([c[key] for c in configs], dtype=dt, device=device)
 
-    first = configs[0]
     return Batch(
         x=stack(d["x_train"] for d in data),
         y=stack(d["y_train"] for d in data),
         x_test=stack(d["x_test"] for d in data),
         y_test=stack(d["y_test"] for d in data),
-        weights=[stack(s[0][l] for s in students) for l in range(first["depth"])],
-        biases=[stack(s[1][l] for s in students) for l in range(len(students[0][1]))],
+        params=[stack(s[i] for s in students) for i in range(len(students[0]))],
+        family=models.family_of(first),
+        arch=family.arch(first),
         gamma=per_model("gamma"),
         lr=per_model("lr"),
         batch_size=per_model("batch_size", torch.int64),
@@ -138,14 +160,32 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
         beta1=per_model("beta1"),
         beta2=per_model("beta2"),
         eps=per_model("eps"),
-        keys=torch.tensor([rng.derive_seed(c["seed"], "sgd") for c in configs], dtype=torch.int64, device=device),
-        label_keys=torch.tensor([rng.derive_seed(c["seed"], "label_noise") for c in configs], dtype=torch.int64,
-                                device=device),
+        keys=stream_keys(configs, "sgd", device),
+        noise_keys=stream_keys(configs, "input_noise", device),
+        label_keys=stream_keys(configs, "label_noise", device),
         fresh=_fresh_data(configs, dtype, device) if first.get("fresh_data") else None,
-        activation=first["activation"],
         optimizer=first["optimizer"],
         steps=first["steps"],
+        work=work(first, len(configs)),
     )
+
+
+def stream_keys(configs: list[dict], purpose: str, device) -> Tensor:
+    """(M,) int64 keys of each model's counter-based stream for one purpose (rng.derive_seed)."""
+    return torch.tensor([rng.derive_seed(c["seed"], purpose) for c in configs], dtype=torch.int64, device=device)
+
+
+def work(cfg: dict, n_models: int) -> float:
+    """Models x steps x samples x width x depth: the size of an MLP batch's training."""
+    return float(n_models * cfg["steps"] * cfg["n_train"] * cfg.get("width", 0) * cfg.get("depth", 0))
+
+
+def backend_for(cfg: dict, n_models: int, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> backends.Backend:
+    """The backend that fit picks for n_models configs like cfg (backends.choose)."""
+    family = models.family_of(cfg)
+    return backends.choose(family, models.get(family).arch(cfg), cfg["optimizer"], device, dtype,
+                           work(cfg, n_models))
 
 
 def _fresh_data(configs: list[dict], dtype: torch.dtype, device) -> FreshData:
@@ -162,15 +202,14 @@ def _fresh_data(configs: list[dict], dtype: torch.dtype, device) -> FreshData:
         output_scale=column([c["output_scale"] if c["teacher"] == "mlp" else 1.0 for c in configs]),
         input_scale=column([c["input_scale"] for c in configs]),
         sin_inputs=column([c["input_dist"] == "sin_gaussian" for c in configs], torch.bool),
-        keys=torch.tensor([rng.derive_seed(c["seed"], "fresh_data") for c in configs], dtype=torch.int64,
-                          device=device),
+        keys=stream_keys(configs, "fresh_data", device),
     )
 
 
-def full_loss(weights: list[Tensor], biases: list[Tensor], x: Tensor, y: Tensor, activation: str) -> Tensor:
+def full_loss(batch: Batch, params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
     """(1/N) sum_n ||y_n - f(x_n)||^2 per model, (M,)."""
-    out, _, _ = kernels.forward(weights, biases, x, activation)
-    return ((out - y) ** 2).sum(dim=2).mean(dim=1)
+    out = models.get(batch.family).forward(params, x, **batch.arch)
+    return ((out - y) ** 2).flatten(2).sum(dim=2).mean(dim=1)
 
 
 class _Minibatches:
@@ -201,7 +240,7 @@ class _Minibatches:
             idx = torch.where(self.in_order, pos_like(idx), idx)
             x, y = b.x[self.rows, idx], b.y[self.rows, idx]
         if self.noisy:
-            noise = rng.normal(b.keys ^ 0x5DEECE66D, step, tuple(x.shape[1:]), x.dtype)
+            noise = rng.normal(b.noise_keys, step, tuple(x.shape[1:]), x.dtype)
             x = x + b.input_noise[:, None, None] * noise
         if self.fresh_labels:   # label-noise SGD: new noise on the step's targets, from the model's own stream
             y = y + b.label_noise[:, None, None] * rng.normal(b.label_keys, step, tuple(y.shape[1:]), y.dtype)
@@ -218,65 +257,49 @@ def pos_like(idx: Tensor) -> Tensor:
     return torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
 
 
-BACKENDS = ("eager", "compiled", "fused")
-
-
-def fusable(cfg: dict, device: str | torch.device, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether configs like cfg train in the fused C++ kernel on this device and machine."""
-    reason = fused.supports(cfg["depth"], cfg["bias"], cfg["optimizer"], cfg["activation"], dtype, device)
-    return reason is None and fused.available()
+BACKENDS = backends.NAMES
 
 
 def pick_backend(batch: Batch) -> str:
-    """fused where the C++ kernel covers the model family; else compiled when the batch's work
-    dwarfs inductor's compile time (seconds, cached on disk); else eager."""
-    family = {"depth": len(batch.weights), "bias": bool(batch.biases), "optimizer": batch.optimizer,
-              "activation": batch.activation}
-    if fusable(family, batch.x.device, batch.x.dtype):
-        return "fused"
-    width = batch.weights[0].shape[2]
-    work = batch.n_models * batch.steps * batch.x.shape[1] * width * len(batch.weights)
-    return "compiled" if work >= COMPILE_WORK else "eager"
+    """The name of the fastest backend that trains this batch (backends.choose)."""
+    return _choose(batch).name
+
+
+def _choose(batch: Batch) -> backends.Backend:
+    return backends.choose(batch.family, batch.arch, batch.optimizer, batch.x.device, batch.x.dtype, batch.work)
 
 
 def fit(batch: Batch, backend: str | None = None) -> Result:
     """Train every model of the batch for batch.steps steps; return final params and losses.
 
-    backend: one of BACKENDS (None: pick_backend). Results agree across backends to float rounding.
+    backend: one of BACKENDS (None: the fastest that applies). Results agree across backends to
+    float rounding; a backend that cannot train the batch is a ValueError saying why.
     """
     start = time.perf_counter()
-    backend = backend or pick_backend(batch)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    step = None if backend == "fused" else kernels.make_step(len(batch.weights), batch.activation,
-                                                             batch.optimizer, backend == "compiled")
+    if backend is None:
+        chosen = _choose(batch)
+    else:
+        chosen = backends.get(backend)
+        backends.check(chosen, batch.family, batch.arch, batch.optimizer, batch.x.device, batch.x.dtype)
+    advance = chosen.stepper(batch.family, batch.arch, batch.optimizer)
     params = [p.clone() for p in batch.params]
-    n_w = len(batch.weights)
     sample = _Minibatches(batch)
     adam = batch.optimizer in ("adam", "adamw")
-    m = [torch.zeros_like(p) for p in params] if adam else []
-    v = [torch.zeros_like(p) for p in params] if adam else []
+    state = optim.init_state(params, batch.optimizer)
     hyper = {"lr": batch.lr.clone(), "gamma": batch.gamma}   # lr is zeroed for diverged models
     if adam:
         hyper.update(beta1=batch.beta1, beta2=batch.beta2, eps=batch.eps)
     diverged_step = torch.full((batch.n_models,), -1, dtype=torch.int64, device=batch.x.device)
     # The fused kernel runs up to the next divergence check in one call when the batch is the
     # same every step (full batch, no per-step noise); otherwise it gets each step's sample.
-    span = CHECK_EVERY if backend == "fused" and sample.same_every_step else 1
-    sample_weight = sample.weight[..., 0].contiguous() if backend == "fused" else None   # (M, k)
+    span = chosen.span(sample.same_every_step, CHECK_EVERY)
 
     t = 0
     while t < batch.steps:
         n = min(span, batch.steps - t)
         x, y = sample(t)
-        if backend == "fused":
-            loss = fused.sgd_steps(x, y, sample_weight, params[0], params[1], hyper["lr"], hyper["gamma"],
-                                   n, batch.activation)
-        else:
-            if adam:
-                hyper["bc1"] = 1 - batch.beta1 ** (t + 1)
-                hyper["bc2"] = 1 - batch.beta2 ** (t + 1)
-            loss, params, m, v = step(params, m, v, x, y, sample.weight, hyper)
+        step_hyper = optim.step_hyper(hyper, batch.beta1, batch.beta2, t + 1) if adam else hyper
+        loss, params, state = advance(params, state, x, y, sample.weight, step_hyper, n)
         t += n
         if t % CHECK_EVERY == 0 or t == batch.steps:
             bad = ~torch.isfinite(loss)
@@ -286,13 +309,13 @@ def fit(batch: Batch, backend: str | None = None) -> Result:
             if new.any():
                 diverged_step[new] = t
                 hyper["lr"][new] = 0.0
-                for p in params + m + v:
+                for p in params + state.m + state.v:
                     p[new] = 0.0              # keeps inf/NaN arithmetic out of later steps
 
-    weights, biases = params[:n_w], params[n_w:]
     nan = torch.tensor(float("nan"), dtype=batch.x.dtype, device=batch.x.device)
     dead = diverged_step >= 0
-    train_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x, batch.y, batch.activation))
-    test_loss = torch.where(dead, nan, full_loss(weights, biases, batch.x_test, batch.y_test, batch.activation))
-    return Result(weights, biases, train_loss, test_loss, diverged_step, time.perf_counter() - start,
-                  extras={"backend": backend})
+    with torch.no_grad():
+        train_loss = torch.where(dead, nan, full_loss(batch, params, batch.x, batch.y))
+        test_loss = torch.where(dead, nan, full_loss(batch, params, batch.x_test, batch.y_test))
+    return Result(params, train_loss, test_loss, diverged_step, time.perf_counter() - start, chosen.name,
+                  batch.arch.get("n_weights", 0))

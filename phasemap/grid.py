@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from phasemap import models
 from phasemap.spec import (
     KEY_SECTION,
     SECTIONS,
@@ -33,6 +34,11 @@ from phasemap.spec import (
 
 MLP_ONLY = ("teacher_depth", "teacher_activation", "output_scale")
 LINEAR_ONLY = ("spectrum", "whiten")
+ICL_ONLY = ("n_ctx",)
+ICL_DEFAULTS = {"input_dim": 20, "n_ctx": 50}
+TRANSFORMER_DEFAULTS = {"n_layers": 2, "heads": 1, "residual": True}    # d_k: the token dimension
+# thresholds of neuron metrics, which attention layers do not have
+NEURON_METRIC_KEYS = ("dead_threshold", "dead_relative", "distinct_threshold", "sign_identify", "delta_relative")
 # The key that names a run; everything else in a row describes or measures it.
 RUN_ID = "run_id"
 # The most configs `expand` builds unless told otherwise (--max-configs). A resolved config is a
@@ -182,9 +188,79 @@ def _base_flat(spec: SweepSpec) -> dict[str, Any]:
     return flat
 
 
+def _resolve_family(cfg: dict, explicit: set[str]) -> None:
+    """Keep only the chosen family's model keys (an MLP config has no `family` key, so MLP runs
+    keep their ids); a key of another family set in the sweep file is refused."""
+    family = cfg.pop("family")
+    for other, entry in models.FAMILIES.items():
+        if other == family:
+            continue
+        for key in entry.keys:
+            if key in explicit and key not in models.FAMILIES[family].keys:
+                raise SpecError(f"model.{key}: applies only to model.family: {other}", key=f"model.{key}")
+            if key not in models.FAMILIES[family].keys:
+                cfg.pop(key)
+    sequences = cfg["teacher"] == "icl_linear"
+    if family == "mlp":
+        if sequences:
+            raise SpecError("task.teacher: icl_linear is a sequence task: it needs model.family: transformer",
+                            key="task.teacher")
+        return
+    if not sequences:
+        raise SpecError(f"model.family: the transformer trains on sequences: use task.teacher: icl_linear "
+                        f"(got {cfg['teacher']})", key="model.family")
+    cfg["family"] = family
+    for key in NEURON_METRIC_KEYS:
+        if key in explicit:
+            raise SpecError(f"metrics.{key}: a neuron metric; the transformer's attention layers are measured "
+                            "by delta_threshold and the ranks only", key=f"metrics.{key}")
+        cfg.pop(key)
+    for key, default in TRANSFORMER_DEFAULTS.items():
+        if cfg[key] is None:
+            cfg[key] = default
+    if cfg["d_k"] is None:
+        cfg["d_k"] = cfg["input_dim"] + 1
+
+
+def _resolve_icl(cfg: dict, explicit: set[str]) -> None:
+    """In-context linear regression: a scalar label per sequence, Gaussian tokens, a rank-r
+    subspace of regressors (teacher_rank; default input_dim, no structure)."""
+    for key in (*LINEAR_ONLY, *MLP_ONLY):
+        if key in explicit:
+            raise SpecError(f"task.{key}: does not apply to teacher: icl_linear", key=f"task.{key}")
+    for key, default in ICL_DEFAULTS.items():
+        if key not in explicit:
+            cfg[key] = default
+    if cfg["output_dim"] != 1:
+        raise SpecError(f"task.output_dim: icl_linear predicts one number per sequence (got {cfg['output_dim']})",
+                        key="task.output_dim")
+    if cfg["input_dist"] != "gaussian":
+        raise SpecError("task.input_dist: icl_linear tokens are Gaussian", key="task.input_dist")
+    if cfg["noise_on"] == "inputs":
+        raise SpecError("task.noise_on: icl_linear takes label noise (labels or fresh_labels), not inputs",
+                        key="task.noise_on")
+    if cfg.get("fresh_data"):
+        raise SpecError("task.fresh_data: not available for icl_linear yet", key="task.fresh_data")
+    rank = cfg["teacher_rank"] if cfg["teacher_rank"] is not None else cfg["input_dim"]
+    if rank > cfg["input_dim"]:
+        raise SpecError(f"task.teacher_rank: {rank} is larger than input_dim = {cfg['input_dim']}",
+                        key="task.teacher_rank")
+    for key in (*MLP_ONLY, *LINEAR_ONLY):
+        cfg.pop(key)
+    cfg["teacher_rank"] = rank
+    cfg.pop("spectrum_c")
+    cfg.pop("spectrum_alpha")
+
+
 def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
-    d_min = min(cfg["input_dim"], cfg["output_dim"])
     cfg["spectrum_c"] = cfg["spectrum_alpha"] = None
+    if cfg["teacher"] == "icl_linear":
+        _resolve_icl(cfg, explicit)
+        return
+    if "n_ctx" in explicit:
+        raise SpecError("task.n_ctx: applies only to teacher: icl_linear", key="task.n_ctx")
+    cfg.pop("n_ctx")
+    d_min = min(cfg["input_dim"], cfg["output_dim"])
     if cfg["teacher"] == "identity":
         for key in (*LINEAR_ONLY, *MLP_ONLY, "teacher_rank"):
             if key in explicit:
@@ -313,6 +389,7 @@ def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> 
     cfg = {**base, **point}
     try:
         _resolve_teacher(cfg, explicit)
+        _resolve_family(cfg, explicit)
         _resolve_fresh_data(cfg)
         _resolve_conventions(cfg, explicit)
         _resolve_batch(cfg, explicit)

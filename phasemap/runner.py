@@ -1,4 +1,4 @@
-"""One chunk of configs in, one row per config out: tasks -> engine -> symmetry -> rows.
+"""One chunk of configs in, one row per config out: tasks -> engine -> the family's metrics -> rows.
 
 Needs only torch and numpy, so a chunk runs the same inside a Ray trial, in a notebook or on
 a GPU machine without Ray. A batch that raises becomes `failed` rows carrying the error.
@@ -15,7 +15,7 @@ from itertools import groupby
 
 import torch
 
-from phasemap import engine, symmetry
+from phasemap import backends, engine, models
 from phasemap.shapes import shape_order
 
 THRESHOLDS = ("delta_threshold", "dead_threshold", "dead_relative", "distinct_threshold",
@@ -37,8 +37,8 @@ def pick_device(device: str = "auto") -> str:
 
 
 def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch) -> list[dict]:
-    th = {k: torch.tensor([c[k] for c in configs], device=batch.x.device) for k in THRESHOLDS}
-    metrics = symmetry.measure(result.weights, result.biases, batch.x_test, batch.activation, th)
+    th = {k: torch.tensor([c[k] for c in configs], device=batch.x.device) for k in THRESHOLDS if k in configs[0]}
+    metrics = models.get(batch.family).measure(result.params, batch.x_test, th, **batch.arch)
     diverged = result.diverged.tolist()
     div_step = result.diverged_step.tolist()
     train_loss, test_loss = result.train_loss.tolist(), result.test_loss.tolist()
@@ -49,7 +49,7 @@ def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch
                "train_loss": None if diverged[i] else train_loss[i],
                "test_loss": None if diverged[i] else test_loss[i],
                "diverged_step": div_step[i] if diverged[i] else None,
-               "train_seconds": share, "batch_models": len(configs), "backend": result.extras["backend"]}
+               "train_seconds": share, "batch_models": len(configs), "backend": result.backend}
         for key, values in metrics.items():
             row[key] = None if diverged[i] else values[i]
         rows.append(row)
@@ -73,13 +73,14 @@ def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None 
     rows: list[dict] = []
     for _, group in groupby(sorted(configs, key=shape_order), key=shape_order):
         group = list(group)
-        fusable = engine.fusable(group[0], device) if backend in (None, "fused") else False
+        chosen = backends.get(backend) if backend else engine.backend_for(group[0], min(len(group), max_models),
+                                                                            device)
         for start in range(0, len(group), max_models):
             part = group[start:start + max_models]
             # Pad a short last block with copies so every block has one shape: a compiled
-            # step is then compiled once, not once more for the remainder (the fused step
-            # compiles nothing per shape, so it trains no copies).
-            pad = max_models - len(part) if len(group) > max_models and not fusable else 0
+            # step is then compiled once, not once more for the remainder (other backends
+            # compile nothing per shape, so they train no copies).
+            pad = max_models - len(part) if len(group) > max_models and chosen.fixed_shapes else 0
             begun = time.time()
             try:
                 batch = engine.build_batch(part + [part[-1]] * pad, device)

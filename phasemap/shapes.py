@@ -7,9 +7,7 @@ Plain Python (no torch), so the driver can plan chunks without loading the engin
 
 from __future__ import annotations
 
-SHAPE_KEYS = ("input_dim", "output_dim", "n_train", "n_test", "depth", "width",
-              "activation", "bias", "optimizer", "steps")
-
+from phasemap.models import FAMILIES, family_of
 
 TEACHER_KEYS = ("teacher", "teacher_rank", "teacher_depth", "teacher_activation")
 
@@ -17,7 +15,8 @@ TEACHER_KEYS = ("teacher", "teacher_rank", "teacher_depth", "teacher_activation"
 def shape_key(cfg: dict) -> tuple:
     """Configs with equal keys are trained by the engine as one batch (with fresh data the engine
     runs the teacher at every step, so its shape joins the key)."""
-    key = tuple(cfg[k] for k in SHAPE_KEYS)
+    family = family_of(cfg)
+    key = (family, *(cfg[k] for k in FAMILIES[family].shape_keys))
     return key + tuple(cfg[k] for k in TEACHER_KEYS) if cfg.get("fresh_data") else key
 
 

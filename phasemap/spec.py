@@ -27,6 +27,8 @@ from pydantic import (
     ValidationError,
 )
 
+from phasemap.models import FAMILIES
+
 Activation = Literal["tanh", "relu", "swish", "sin", "quadratic", "linear"]
 ACTIVATIONS = get_args(Activation)
 
@@ -90,7 +92,9 @@ class PowerLawSpectrum(_Section):
 class TaskSpec(_Section):
     """Teacher and data. x ~ N(0, input_scale^2) (or sin of it); y = teacher(x) + sigma * noise."""
 
-    teacher: Literal["mlp", "linear", "identity"] = "mlp"   # identity: y = x (needs input_dim = output_dim)
+    # identity: y = x (needs input_dim = output_dim); icl_linear: in-context linear regression
+    # sequences, for model.family: transformer
+    teacher: Literal["mlp", "linear", "identity", "icl_linear"] = "mlp"
     input_dim: Dim = 10
     output_dim: Dim = 1
     n_train: Samples = 300
@@ -113,16 +117,26 @@ class TaskSpec(_Section):
     # linear teachers
     spectrum: Union[list[PosFloat], PowerLawSpectrum, None] = None
     whiten: StrictBool = False
+    # icl_linear: tokens per sequence (default 50)
+    n_ctx: Annotated[StrictInt, Field(ge=2, le=MAX_DIM)] | None = None
 
 
 class ModelSpec(_Section):
-    """The student: `depth` weight layers, `width` units per hidden layer."""
+    """The student: an MLP of `depth` weight layers and `width` units per hidden layer, or a
+    transformer of `n_layers` self-attention layers and a linear readout."""
 
+    family: Literal[tuple(FAMILIES)] = "mlp"    # type: ignore[valid-type]
+    init_scale: NonNegFloat = 0.01
+    # mlp
     depth: Depth = 2
     width: Dim = 64
     activation: Activation = "tanh"
-    init_scale: NonNegFloat = 0.01
     bias: StrictBool = False
+    # transformer (defaults: 2 layers, 1 head, d_k = input_dim + 1, residual connections)
+    n_layers: Depth | None = None
+    heads: Dim | None = None
+    d_k: Dim | None = None
+    residual: StrictBool | None = None
 
 
 class TrainSpec(_Section):

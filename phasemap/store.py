@@ -43,7 +43,7 @@ RESULT_TYPES: dict[str, pa.DataType] = {
     "weight_rank": _I64, "rep_rank": _I64, "symmetry_class": _STR,
     "layer_n_distinct": _I64_LIST, "layer_n_dead": _I64_LIST, "layer_n_dos": _I64_LIST,
     "layer_n_dosb": _I64_LIST, "layer_weight_rank": _I64_LIST, "layer_symmetry_class": _STR_LIST,
-    "layer_groups": pa.list_(_I64_LIST), "deltas": pa.list_(_F64),
+    "layer_groups": pa.list_(_I64_LIST), "deltas": pa.list_(_F64), "layer_qk_rank": _I64_LIST,
     "train_seconds": _F64, "batch_seconds": _F64, "batch_models": _I64, "backend": _STR,
     "device": _STR, "host": _STR, "finished_at": pa.timestamp("s", tz="UTC"),
 }

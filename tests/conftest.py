@@ -35,6 +35,57 @@ def tiny():
     return tiny_raw
 
 
+def configs_of(raw: dict) -> list[dict]:
+    from phasemap.grid import expand
+    from phasemap.spec import parse_spec
+    return expand(parse_spec(raw))
+
+
+ACTIVATION_TORCH = {"tanh": torch.tanh, "relu": torch.relu, "swish": torch.nn.functional.silu, "sin": torch.sin,
+                    "quadratic": torch.square, "linear": lambda z: z}
+
+
+def reference_fit(cfg: dict) -> list[torch.Tensor]:
+    """The straightforward way: one model, torch autograd and torch.optim, on phasemap's data, init
+    and minibatches (an MLP's forward written out here; another family's from its module)."""
+    from phasemap import models, rng
+    from phasemap.tasks import make_data
+
+    data = make_data(cfg)
+    family = models.get(models.family_of(cfg))
+    params = [p.clone().requires_grad_() for p in family.init_params(cfg)]
+
+    def forward(x):
+        if models.family_of(cfg) != "mlp":
+            return family.forward([p[None] for p in params], x[None], **family.arch(cfg))[0]
+        ws, bs = params[:cfg["depth"]], params[cfg["depth"]:]
+        h = x
+        for l, w in enumerate(ws):
+            h = h @ w + (bs[l] if bs else 0)
+            if l < len(ws) - 1:
+                h = ACTIVATION_TORCH[cfg["activation"]](h)
+        return h
+
+    betas = (cfg["beta1"], cfg["beta2"])
+    if cfg["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg["lr"])
+    elif cfg["optimizer"] == "adam":
+        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"])
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"], weight_decay=cfg["gamma"])
+    key = torch.tensor([rng.derive_seed(cfg["seed"], "sgd")])
+    n, s = cfg["n_train"], cfg["batch_size"]
+    for step in range(cfg["steps"]):
+        idx = torch.arange(n) if s == n else rng.subset(key, step, n, s)[0]
+        loss = ((forward(data["x_train"][idx]) - data["y_train"][idx]) ** 2).sum(dim=1).mean()
+        if cfg["optimizer"] != "adamw":
+            loss = loss + cfg["gamma"] * sum((p * p).sum() for p in params)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach() for p in params]
+
+
 def trend_frame(axis: str, values, metric: str, value, seeds: int = 4, noise: float = 0.0, **extra) -> pl.DataFrame:
     """Runs along one axis, all ok: metric = value(x) + noise * N(0, 1), one run per value and
     seed, with constant `extra` columns (a group's values)."""

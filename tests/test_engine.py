@@ -7,44 +7,10 @@ from phasemap import engine, rng, symmetry
 from phasemap.grid import expand
 from phasemap.runner import THRESHOLDS, run_chunk
 from phasemap.spec import ACTIVATIONS, parse_spec
-from phasemap.tasks import init_student, make_data
+from phasemap.models.mlp import init_params
+from phasemap.tasks import make_data
 
-
-def configs_of(raw):
-    return expand(parse_spec(raw))
-
-
-def reference_fit(cfg):
-    """The straightforward way: one model, torch autograd and torch.optim, same data and batches."""
-    data = make_data(cfg)
-    weights, biases = init_student(cfg)
-    params = [p.clone().requires_grad_() for p in weights + biases]
-    ws, bs = params[:len(weights)], params[len(weights):]
-    act = {"tanh": torch.tanh, "relu": torch.relu, "swish": torch.nn.functional.silu, "sin": torch.sin,
-           "quadratic": torch.square, "linear": lambda z: z}[cfg["activation"]]
-    betas = (cfg["beta1"], cfg["beta2"])
-    if cfg["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg["lr"])
-    elif cfg["optimizer"] == "adam":
-        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"])
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"], weight_decay=cfg["gamma"])
-    key = torch.tensor([rng.derive_seed(cfg["seed"], "sgd")])
-    n, s = cfg["n_train"], cfg["batch_size"]
-    for step in range(cfg["steps"]):
-        idx = torch.arange(n) if s == n else rng.subset(key, step, n, s)[0]
-        h = data["x_train"][idx]
-        for l, w in enumerate(ws):
-            h = h @ w + (bs[l] if bs else 0)
-            if l < len(ws) - 1:
-                h = act(h)
-        loss = ((h - data["y_train"][idx]) ** 2).sum(dim=1).mean()
-        if cfg["optimizer"] != "adamw":
-            loss = loss + cfg["gamma"] * sum((p * p).sum() for p in params)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return [p.detach() for p in params]
+from conftest import configs_of, reference_fit
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
@@ -217,7 +183,7 @@ def test_the_compiled_step_gives_the_same_results_as_the_straightforward_one(tin
     batch = engine.build_batch(configs_of(raw))
     plain = engine.fit(batch, "eager")
     compiled = engine.fit(batch, "compiled")
-    assert compiled.extras["backend"] == "compiled" and plain.extras["backend"] == "eager"
+    assert compiled.backend == "compiled" and plain.backend == "eager"
     for a, b in zip(plain.weights + plain.biases, compiled.weights + compiled.biases):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 
@@ -233,8 +199,7 @@ def torch_convention_fit(cfg, weight_decay, reduction):
     """One model trained the way torch users write it: MSELoss(reduction) over outputs, the optimizer's
     own weight_decay, on phasemap's data, init and minibatches."""
     data = make_data(cfg)
-    weights, _ = init_student(cfg)
-    params = [p.clone().requires_grad_() for p in weights]
+    params = [p.clone().requires_grad_() for p in init_params(cfg)[:cfg["depth"]]]
     lr, betas, eps = cfg["torch_lr"] if cfg["optimizer"] == "sgd" else cfg["lr"], (cfg["beta1"], cfg["beta2"]), 1e-8
     opt = {"sgd": lambda: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay),
            "adam": lambda: torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),

@@ -5,7 +5,7 @@ import torch
 
 from phasemap import engine, fused
 
-from test_engine import configs_of, reference_fit
+from conftest import configs_of, reference_fit
 
 
 def test_the_kernel_builds_on_this_machine():
@@ -31,7 +31,7 @@ def test_fused_matches_the_eager_step(tiny, activation, shape):
     assert engine.pick_backend(batch) == "fused"
     plain = engine.fit(batch, "eager")
     fast = engine.fit(batch, "fused")
-    assert fast.extras["backend"] == "fused" and plain.extras["backend"] == "eager"
+    assert fast.backend == "fused" and plain.backend == "eager"
     moved = (plain.weights[0] - batch.weights[0]).abs().max()
     assert moved > 1e-2                                  # training did something to compare
     for a, b in zip(plain.weights, fast.weights):
@@ -47,7 +47,7 @@ def test_fused_matches_the_eager_step_with_fresh_label_noise(tiny, batch_size):
                grid={"sigma": [0.0, 0.3], "seed": {"range": 2}})
     batch = engine.build_batch(configs_of(raw))
     plain, fast = engine.fit(batch, "eager"), engine.fit(batch, "fused")
-    assert fast.extras["backend"] == "fused"
+    assert fast.backend == "fused"
     for a, b in zip(plain.weights, fast.weights):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
     # the noise reached the fused step: noisy and clean runs of one seed differ
@@ -101,7 +101,7 @@ def test_other_model_families_use_the_torch_step(tiny, change, reason):
                          batch.x.dtype, batch.x.device)
     assert reason in got
     assert engine.pick_backend(batch) in ("eager", "compiled")
-    assert engine.fit(batch).extras["backend"] != "fused"
+    assert engine.fit(batch).backend != "fused"
 
 
 def test_float64_and_unknown_backends_are_refused(tiny):
@@ -117,7 +117,20 @@ def test_a_short_last_block_is_not_padded_with_copies_when_fused(tiny):
     rows = run_chunk(configs, "cpu", max_models=8)               # blocks of 8, 8 and 4
     assert sorted(r["batch_models"] for r in rows) == [4] * 4 + [8] * 16
     assert {r["backend"] for r in rows} == {"fused"}
-    padded = run_chunk(configs_of(tiny(model={"depth": 3}, train={"steps": 5},
-                                       grid={"gamma": [0.0, 0.01, 0.1, 0.2, 0.3], "seed": {"range": 4}})),
-                       "cpu", max_models=8)
-    assert {r["batch_models"] for r in padded} == {8}             # the torch step keeps one shape
+    deeper = configs_of(tiny(model={"depth": 3}, train={"steps": 5},
+                             grid={"gamma": [0.0, 0.01, 0.1, 0.2, 0.3], "seed": {"range": 4}}))
+    eager = run_chunk(deeper, "cpu", max_models=8)
+    assert {r["backend"] for r in eager} == {"eager"} and {r["batch_models"] for r in eager} == {4, 8}
+
+
+def test_a_short_last_block_is_padded_for_a_backend_that_compiles_per_shape(tiny, monkeypatch):
+    from phasemap import backends, engine
+    from phasemap.runner import run_chunk
+    assert backends.get("compiled").fixed_shapes and not backends.get("eager").fixed_shapes
+    per_shape = backends.get("eager")
+    per_shape.fixed_shapes = True            # eager, planned as if it compiled per shape (no compile wait)
+    monkeypatch.setattr(engine, "backend_for", lambda *args, **kwargs: per_shape)
+    deeper = configs_of(tiny(model={"depth": 3}, train={"steps": 5},
+                             grid={"gamma": [0.0, 0.01, 0.1, 0.2, 0.3], "seed": {"range": 4}}))
+    padded = run_chunk(deeper, "cpu", max_models=8)
+    assert len(padded) == 20 and {r["batch_models"] for r in padded} == {8}

@@ -29,6 +29,14 @@ LINEAR = textwrap.dedent("""\
     """)
 
 
+ICL = textwrap.dedent("""\
+    name: icl
+    task: {teacher: icl_linear, input_dim: 4, n_ctx: 6, n_train: 16, n_test: 8}
+    model: {family: transformer, d_k: 3}
+    train: {optimizer: adamw, lr: 0.01, steps: 5}
+    """)
+
+
 def edit(text: str, old: str, new: str) -> str:
     assert old in text, old
     return text.replace(old, new)
@@ -74,6 +82,20 @@ MALFORMED = [
     ("section-not-mapping", edit(GOOD, "model: {depth: 2, width: 8, activation: tanh}", "model: 5"), "model"),
     ("sigma-negative", edit(GOOD, "n_test: 16", "n_test: 16, sigma: -1"), "task.sigma"),
     ("nan-value", edit(GOOD, "lr: 0.1", "lr: .nan"), "train.lr"),
+    ("unknown-family", edit(ICL, "family: transformer", "family: rnn"), "model.family"),
+    ("transformer-key-on-mlp", edit(GOOD, "depth: 2,", "depth: 2, n_layers: 2,"), "model.n_layers"),
+    ("mlp-key-on-transformer", edit(ICL, "d_k: 3", "d_k: 3, width: 8"), "model.width"),
+    ("n-ctx-under-2", edit(ICL, "n_ctx: 6", "n_ctx: 1"), "task.n_ctx"),
+    ("d-k-zero", edit(ICL, "d_k: 3", "d_k: 0"), "model.d_k"),
+    ("heads-negative", edit(ICL, "d_k: 3", "d_k: 3, heads: -1"), "model.heads"),
+    ("icl-on-mlp", edit(ICL, "{family: transformer, d_k: 3}", "{depth: 2}"), "task.teacher"),
+    ("transformer-on-mlp-teacher", edit(GOOD, "model: {depth: 2, width: 8, activation: tanh}",
+                                        "model: {family: transformer}"), "model.family"),
+    ("n-ctx-on-mlp-teacher", edit(GOOD, "n_test: 16", "n_test: 16, n_ctx: 5"), "task.n_ctx"),
+    ("icl-vector-output", edit(ICL, "n_ctx: 6", "n_ctx: 6, output_dim: 2"), "task.output_dim"),
+    ("icl-rank-over-dim", edit(ICL, "n_ctx: 6", "n_ctx: 6, teacher_rank: 5"), "task.teacher_rank"),
+    ("icl-input-noise", edit(ICL, "n_ctx: 6", "n_ctx: 6, sigma: 0.1, noise_on: inputs"), "task.noise_on"),
+    ("neuron-metric-on-transformer", ICL + "metrics: {distinct_threshold: 0.2}\n", "metrics.distinct_threshold"),
 ]
 
 
@@ -90,7 +112,7 @@ def test_malformed_file_is_refused_naming_the_key(tmp_path, monkeypatch, text, k
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("text", [GOOD, LINEAR], ids=["GOOD", "LINEAR"])
+@pytest.mark.parametrize("text", [GOOD, LINEAR, ICL], ids=["GOOD", "LINEAR", "ICL"])
 def test_the_files_the_malformed_cases_edit_are_valid(text):
     # Otherwise every case would be refused for the base file's fault, not for its own edit.
     assert expand(parse_spec(yaml.safe_load(text)))

@@ -6,7 +6,7 @@ import torch
 from phasemap.models import transformer
 from phasemap.models.transformer import final_token, forward, init_params, measure, rotation_deltas
 from phasemap.symmetry import measure as mlp_measure
-from phasemap.tasks.icl_linear import make_icl_data, predict_zero_loss
+from phasemap.tasks.icl_linear import make_data, predict_zero_loss
 
 CFG = dict(input_dim=3, n_layers=2, heads=2, d_k=2, init_scale=1.0, seed=0)
 TH = dict(delta_threshold=0.1, rank_tol=1e-6, rank_atol=1e-9)
@@ -255,7 +255,7 @@ def test_measure_returns_the_mlp_columns_plus_the_qk_rank():
 # ---- in-context linear regression ----
 
 def task(**overrides):
-    return make_icl_data({**TASK, **overrides}, torch.float64)
+    return make_data({**TASK, **overrides}, torch.float64)
 
 
 def context_weights(x: torch.Tensor) -> torch.Tensor:
@@ -265,7 +265,7 @@ def context_weights(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_icl_shapes_and_dtype():
-    data = make_icl_data(TASK, torch.float32)
+    data = make_data(TASK, torch.float32)
     assert data["x_train"].shape == (40, 6, 4) and data["y_train"].shape == (40, 1)
     assert data["x_test"].shape == (30, 6, 4) and data["y_test"].shape == (30, 1)
     assert all(v.dtype == torch.float32 for v in data.values())

@@ -19,8 +19,8 @@ and W_K lose the same directions. Per head (paper appendix A.1, eqs. 10-13): W_Q
 Λ_K = U^T W_K^T W_K U, Δ_i = |(Λ_Q)_ii - (Λ_K)_ii| (d_k values); a layer's n_dos counts the Δ_i
 below delta_threshold over all heads, n_dosb = heads * d_k - n_dos.
 
-    params = [p[None] for p in init_params(cfg, torch.float32)]          # M = 1
-    out = forward(params, x, cfg["n_layers"], cfg["heads"], cfg["d_k"], True)   # (1, B, 1)
+    params = [p[None] for p in init_params(cfg)]          # M = 1
+    out = forward(params, x, **arch(cfg))                 # (1, B, 1)
 """
 
 from __future__ import annotations
@@ -42,7 +42,12 @@ _NOT_ATTENTION = ("n_distinct", "n_dead", "symmetry_class", "layer_n_distinct", 
                   "layer_symmetry_class", "layer_groups", "layer_weight_rank")
 
 
-def init_params(cfg: dict, dtype: torch.dtype) -> list[Tensor]:
+def arch(cfg: dict) -> dict:
+    """What forward and measure need beside the parameters (equal for a batch)."""
+    return {"n_layers": cfg["n_layers"], "heads": cfg["heads"], "d_k": cfg["d_k"], "residual": cfg["residual"]}
+
+
+def init_params(cfg: dict, dtype: torch.dtype = torch.float32) -> list[Tensor]:
     """One model's parameters (no M axis), in the module's order, each entry N(0, init_scale^2 / D).
 
     Drawn in float64 from the run's `seed` alone (purpose "student"), then cast to dtype.

@@ -3,7 +3,7 @@
 Each sequence has its own weight vector w; its n_ctx tokens are [x_t, w^T x_t] (dimension D = d + 1),
 except that the final token's label is hidden (set to 0) and is the target:
 
-    data = make_icl_data(cfg)   # x_train (N, n_ctx, D), y_train (N, 1), x_test (Nt, n_ctx, D), y_test (Nt, 1)
+    data = make_data(cfg)   # x_train (N, n_ctx, D), y_train (N, 1), x_test (Nt, n_ctx, D), y_test (Nt, 1)
 
 - w ~ N(0, I_d / d); with teacher_rank r < d, w = P z with P (d, r) orthonormal columns fixed for
   the task and z ~ N(0, I_r / r). Either way E||w||^2 = 1.
@@ -59,7 +59,7 @@ def _tokens(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([x, visible[..., None]], dim=-1), labels[:, -1:]
 
 
-def make_icl_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def make_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     """Train and test sequences for one resolved config, drawn from data_seed (or seed).
 
     cfg keys: input_dim, n_ctx, n_train, n_test, input_scale, sigma, noise_on, teacher_rank,

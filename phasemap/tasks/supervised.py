@@ -1,4 +1,5 @@
-"""Teachers and data: one model's train/test set from its resolved config.
+"""Supervised teachers on i.i.d. inputs (teacher: mlp, linear, identity): one model's train and
+test set from its resolved config.
 
 The teacher and the data are drawn from `data_seed` (or the run's `seed` when it is null), so
 fixing `data_seed` holds the task fixed across seeds while students and SGD noise vary.
@@ -89,19 +90,3 @@ def make_data(cfg: dict, dtype: torch.dtype = torch.float32) -> dict[str, torch.
         y_train = y_train + cfg["sigma"] * torch.randn(y_train.shape, generator=gen, dtype=torch.float64)
     out = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     return {k: v.to(dtype) for k, v in out.items()}
-
-
-def init_student(cfg: dict, dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Student weights W_l (fan_in, fan_out) ~ N(0, init_scale^2 / fan_in); biases zero.
-
-    Drawn from the run's `seed` alone, so runs that differ only in gamma, T or sigma start
-    from the same point.
-    """
-    gen = torch.Generator().manual_seed(derive_seed(cfg["seed"], "student"))
-    sizes = [cfg["input_dim"]] + [cfg["width"]] * (cfg["depth"] - 1) + [cfg["output_dim"]]
-    weights = [
-        (torch.randn(a, b, generator=gen, dtype=torch.float64) * cfg["init_scale"] / a**0.5).to(dtype)
-        for a, b in zip(sizes, sizes[1:])
-    ]
-    biases = [torch.zeros(1, b, dtype=dtype) for b in sizes[1:]] if cfg["bias"] else []
-    return weights, biases

@@ -1,0 +1,51 @@
+"""Model families, one module each, chosen by `model.family`; a new family is one module here
+and one line in FAMILIES.
+
+The registry line says which config keys are the family's own and which decide a batch's
+shape (plain Python: the driver plans chunks without importing torch). Every family module has
+the same small interface (shapes carry a leading model axis M):
+- `arch(cfg) -> dict`: what forward and measure need beside the parameters;
+- `init_params(cfg, dtype) -> list[Tensor]`: one model's parameters, drawn from its seed;
+- `forward(params, x, **arch) -> Tensor`: the batched model, (M, B, ...) -> (M, B, d_out),
+  differentiable by autograd (the generic backend trains any family through it);
+- `measure(params, x_test, th, **arch) -> dict[str, list]`: the family's symmetry metrics, one
+  list of M values per result column (None where a column does not apply).
+
+    family = models.get(cfg["family"])
+    out = family.forward(params, x, **family.arch(cfg))
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registry line: where the family lives, and what the driver needs without importing it."""
+
+    module: str                     # the family's module (imported when first used, with torch)
+    keys: tuple[str, ...]           # model keys only this family has (refused for the others)
+    shape_keys: tuple[str, ...]     # configs with equal values share a batch
+
+
+_COMMON = ("n_train", "n_test", "optimizer", "steps")
+FAMILIES: dict[str, Family] = {
+    "mlp": Family("phasemap.models.mlp", ("depth", "width", "activation", "bias"),
+                  ("input_dim", "output_dim", "depth", "width", "activation", "bias", *_COMMON)),
+    "transformer": Family("phasemap.models.transformer", ("n_layers", "heads", "d_k", "residual"),
+                          ("input_dim", "n_ctx", "n_layers", "heads", "d_k", "residual", *_COMMON)),
+}
+
+
+def get(name: str):
+    """The family module for `name`; a ValueError naming the families for anything else."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; use one of {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name].module)
+
+
+def family_of(cfg: dict) -> str:
+    """A config's family: configs without the key (every MLP sweep) are mlp."""
+    return cfg.get("family", "mlp")
