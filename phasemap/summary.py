@@ -82,7 +82,8 @@ def _rank_notes(frame: pl.LazyFrame) -> list[str]:
     names = frame.collect_schema().names()
     if "weight_rank" not in names or "output_dim" not in names:
         return []
-    widest = frame.select(pl.col("output_dim").max()).collect().item()
+    mlp = pl.col("family").is_null() if "family" in names else pl.lit(True)    # a transformer's is its readout's
+    widest = frame.filter(mlp).select(pl.col("output_dim").max()).collect().item()
     if widest is None or widest > 1:
         return []
     return ["weight_rank is the rank of the whole product W_D...W_1, at most output_dim = 1 here: "

@@ -102,6 +102,12 @@ def test_show_says_which_rank_column_to_read_for_scalar_outputs(capsys, tmp_path
     assert code == 0 and "note: weight_rank is the rank of the whole product" in out and "layer_weight_rank" in out
     code, out, _ = run_main(capsys, "show", tmp_path / "vector")
     assert code == 0 and "note:" not in out
+    (tmp_path / "attention").mkdir()          # a transformer's weight_rank is its readout's: no note
+    pl.DataFrame({"run_id": ["a", "b"], "status": ["ok", "ok"], "sweep": ["s", "s"], "gamma": [0.1, 0.2],
+                  "output_dim": [1, 1], "family": ["transformer"] * 2, "weight_rank": [1, 1]}).write_parquet(
+        tmp_path / "attention" / "part-0.parquet")
+    code, out, _ = run_main(capsys, "show", tmp_path / "attention")
+    assert code == 0 and "note:" not in out
 
 
 def test_run_refuses_to_add_rows_beside_an_earlier_definition_of_n_dos(capsys, tmp_path):

@@ -168,7 +168,9 @@ def test_a_batch_that_raises_becomes_failed_rows_and_others_still_run(tiny, monk
 def test_engine_and_metrics_import_only_torch_and_numpy():
     import subprocess
     import sys
-    code = ("import sys, phasemap.engine, phasemap.symmetry, phasemap.runner, phasemap.tasks; "
+    code = ("import sys, phasemap.engine, phasemap.symmetry, phasemap.runner, phasemap.tasks, phasemap.optim, "
+            "phasemap.models.mlp, phasemap.models.transformer, phasemap.tasks.icl_linear, phasemap.backends.kernel, "
+            "phasemap.backends.cpp, phasemap.backends.autograd; "
             "print(sorted(m for m in ('ray', 'polars', 'pyarrow', 'pandas', 'pydantic', 'yaml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -73,6 +73,21 @@ def test_quickstart_runs_through_ray_tune_and_resumes(tmp_path):
     assert snapshot(out) == before
 
 
+def test_a_transformer_sweep_runs_through_ray_tune_with_its_attention_columns(tmp_path):
+    out = tmp_path / "tf"
+    done = invoke("run", ROOT / "sweeps" / "transformer.yaml", "--out", out, "--set", "train.steps=150",
+                  "--set", "task.n_train=64", "--set", "task.n_test=32", "--set", "train.batch_size=16",
+                  "--set", "grid.gamma=[0.0, 30.0]")
+    assert done.exit_code == 0, done.output
+    frame = pl.read_parquet(str(out / "**" / "*.parquet"))
+    assert frame.height == 8 and set(frame["status"]) == {"ok"} and set(frame["family"]) == {"transformer"}
+    assert set(frame["backend"]) == {"autograd"}
+    assert frame["n_distinct"].null_count() == 8 and frame["layer_qk_rank"].null_count() == 0
+    assert frame["layer_qk_rank"].list.len().to_list() == [2] * 8
+    collapsed = frame.filter(pl.col("gamma") == 30.0)          # AdamW's decay lr * gamma = 0.09 per step
+    assert collapsed["n_dos"].to_list() == [6] * 4 and collapsed["layer_qk_rank"].to_list() == [[0, 0]] * 4
+
+
 def test_growing_the_grid_runs_only_the_new_points(tmp_path):
     spec, _ = tiny_sweep(tmp_path, "grow")
     out = tmp_path / "grow"

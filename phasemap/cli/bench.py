@@ -16,7 +16,7 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Force the step: fused, compiled or eager (default: the fastest that applies)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Force the step: fused, compiled, eager or autograd (default: the fastest that applies)."),
     baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
     analysis: bool = typer.Option(False, "--analysis", help="Time the analysis on synthetic rows instead."),
     rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
