@@ -16,10 +16,9 @@ from itertools import groupby
 import torch
 
 from phasemap import backends, engine, models
+from phasemap.columns import THRESHOLDS
 from phasemap.shapes import shape_order
 
-THRESHOLDS = ("delta_threshold", "dead_threshold", "dead_relative", "distinct_threshold",
-              "rank_tol", "rank_atol", "sign_identify", "delta_relative")
 # Models per batch: on the CPU a block of 32 keeps a step's activations in cache; a GPU wants
 # thousands to fill its cores.
 DEFAULT_MAX_MODELS = {"cpu": 32, "cuda": 4096}

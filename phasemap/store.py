@@ -30,29 +30,24 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from phasemap import columns
 from phasemap.spec import SECTIONS
 
-_STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
-_I64_LIST, _STR_LIST = pa.list_(_I64), pa.list_(_STR)
+_SCALARS = {columns.INT: pa.int64(), columns.FLOAT: pa.float64(), columns.STR: pa.string(),
+            columns.BOOL: pa.bool_(), columns.TIME: pa.timestamp("s", tz="UTC")}
 
-# Result columns after the config; scalar metrics describe the first hidden layer.
-RESULT_TYPES: dict[str, pa.DataType] = {
-    "run_id": _STR, "sweep": _STR, "status": _STR, "error": _STR,
-    "train_loss": _F64, "test_loss": _F64, "diverged_step": _I64,
-    "n_distinct": _I64, "n_dead": _I64, "n_dos": _I64, "n_dosb": _I64,
-    "weight_rank": _I64, "rep_rank": _I64, "symmetry_class": _STR,
-    "layer_n_distinct": _I64_LIST, "layer_n_dead": _I64_LIST, "layer_n_dos": _I64_LIST,
-    "layer_n_dosb": _I64_LIST, "layer_weight_rank": _I64_LIST, "layer_symmetry_class": _STR_LIST,
-    "layer_groups": pa.list_(_I64_LIST), "deltas": pa.list_(_F64), "layer_qk_rank": _I64_LIST,
-    "train_seconds": _F64, "batch_seconds": _F64, "batch_models": _I64, "backend": _STR,
-    "device": _STR, "host": _STR, "finished_at": pa.timestamp("s", tz="UTC"),
-}
-# Keys the resolution step adds beside the section keys, and keys whose type is not plain.
-DERIVED_TYPES: dict[str, pa.DataType] = {
-    "batch_size": _I64, "temperature": _F64, "temperature_effective": _F64,
-    "spectrum": pa.list_(_F64), "spectrum_c": _F64, "spectrum_alpha": _F64, "torch_lr": _F64,
-}
-_PY_TO_ARROW = {int: _I64, float: _F64, bool: _BOOL, str: _STR}
+
+def arrow_type(kind: str) -> pa.DataType:
+    """The Arrow type of a phasemap.columns type name ("int64", "list<list<int64>>", ...)."""
+    if kind.startswith("list<") and kind.endswith(">"):
+        return pa.list_(arrow_type(kind[5:-1]))
+    return _SCALARS[kind]
+
+
+# Result columns after the config, and config keys that are derived or not plain (phasemap.columns).
+RESULT_TYPES: dict[str, pa.DataType] = {k: arrow_type(v) for k, v in columns.RESULTS.items()}
+DERIVED_TYPES: dict[str, pa.DataType] = {k: arrow_type(v) for k, v in columns.DERIVED.items()}
+_PY_TO_ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 
 
 # Write errors that trying again cannot fix: the disk or quota is full, the file is too large,
@@ -99,7 +94,7 @@ def _config_type(key: str) -> pa.DataType:
         if key in cls.model_fields:
             kind = _python_type(cls.model_fields[key].annotation)
             if kind is None:
-                raise KeyError(f"config key {key!r} has no plain Arrow type: add it to store.DERIVED_TYPES")
+                raise KeyError(f"config key {key!r} has no plain Arrow type: add it to columns.DERIVED")
             return _PY_TO_ARROW[kind]
     raise KeyError(f"no Arrow type for config key {key!r}")
 

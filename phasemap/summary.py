@@ -10,10 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from phasemap import store
+from phasemap import columns, store
 
 # Result columns and values derived from the axes are never axes themselves.
-NOT_AXES = set(store.RESULT_TYPES) | {"temperature_effective", "spectrum_c", "spectrum_alpha"}
 
 
 class ResultsError(ValueError):
@@ -51,7 +50,7 @@ def scan(results: str | Path, groups: list[list[str]] | None = None) -> pl.LazyF
 def varying_axes(frame: pl.LazyFrame) -> list[str]:
     """Scalar config columns that take more than one value."""
     schema = frame.collect_schema()
-    names = [n for n, t in schema.items() if n not in NOT_AXES and not isinstance(t, pl.List)]
+    names = [n for n, t in schema.items() if n not in columns.NOT_AXES and not isinstance(t, pl.List)]
     if not names:
         return []
     counts = frame.select([pl.col(n).n_unique() for n in names]).collect().row(0)

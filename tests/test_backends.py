@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import configs_of, reference_fit
-from phasemap import backends, engine
+from phasemap import backends, columns, engine, models
 
 CASES = {
     "mlp-sgd-2-layers": dict(model={"activation": "tanh"}, train={"optimizer": "sgd", "lr": 0.05}),
@@ -71,3 +71,14 @@ def test_the_mlp_fast_paths_are_chosen_and_autograd_takes_the_rest(tiny):
     assert engine.pick_backend(transformer) == "autograd"
     with pytest.raises(ValueError, match="unknown backend"):
         backends.get("numba")
+
+
+@pytest.mark.parametrize("case", ["mlp-sgd-minibatch-bias", "transformer-sgd-2-heads"])
+def test_every_family_measures_exactly_the_metric_columns(tiny, case):
+    cfg = case_config(tiny, case)
+    batch = engine.build_batch([cfg, cfg])
+    th = {k: torch.tensor([cfg[k]] * 2) for k in columns.THRESHOLDS if k in cfg}
+    out = models.get(batch.family).measure(batch.params, batch.x_test, th, **batch.arch)
+    assert list(out) == list(columns.METRICS)
+    assert all(len(values) == 2 for values in out.values())
+    assert out["n_dos"][0] is not None and out["weight_rank"][0] is not None

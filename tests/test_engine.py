@@ -3,14 +3,13 @@
 import pytest
 import torch
 
-from phasemap import engine, rng, symmetry
-from phasemap.grid import expand
-from phasemap.runner import THRESHOLDS, run_chunk
-from phasemap.spec import ACTIVATIONS, parse_spec
-from phasemap.models.mlp import init_params
-from phasemap.tasks import make_data
-
 from conftest import configs_of, reference_fit
+from phasemap import engine, rng, symmetry
+from phasemap.columns import THRESHOLDS
+from phasemap.models.mlp import init_params
+from phasemap.runner import run_chunk
+from phasemap.spec import ACTIVATIONS
+from phasemap.tasks import make_data
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])

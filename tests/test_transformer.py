@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from phasemap.models import transformer
+from phasemap import columns
 from phasemap.models.transformer import final_token, forward, init_params, measure, rotation_deltas
-from phasemap.symmetry import measure as mlp_measure
 from phasemap.tasks.icl_linear import make_data, predict_zero_loss
 
 CFG = dict(input_dim=3, n_layers=2, heads=2, d_k=2, init_scale=1.0, seed=0)
@@ -240,16 +239,16 @@ def test_rep_rank_scales_the_representation_by_sqrt_n_test():
     assert metrics(w, w, x=x, w_v=zero_v, rank_tol=0.0, rank_atol=0.1)["rep_rank"] == 4
 
 
-def test_measure_returns_the_mlp_columns_plus_the_qk_rank():
+def test_measure_returns_the_metric_columns_with_the_neuron_ones_null():
     params = batch(0, 1)
     th = {k: torch.full((2,), v, dtype=torch.float64) for k, v in TH.items()}
     out = measure(params, torch.randn(10, 4, CFG["input_dim"] + 1), th, 2, 2, 2, True)
-    mlp_th = {k: torch.full((1,), 0.1, dtype=torch.float64) for k in
-              ("delta_threshold", "dead_threshold", "dead_relative", "distinct_threshold", "rank_tol", "rank_atol")}
-    mlp = mlp_measure([torch.randn(1, 3, 4), torch.randn(1, 4, 1)], [], torch.randn(1, 8, 3), "tanh", mlp_th)
-    assert set(out) == set(mlp) | {"layer_qk_rank"}
+    assert list(out) == list(columns.METRICS)
     assert all(len(v) == 2 for v in out.values())
-    assert all(out[k] == [None, None] for k in transformer._NOT_ATTENTION)
+    neuron = ("n_distinct", "n_dead", "symmetry_class", "layer_n_distinct", "layer_n_dead", "layer_symmetry_class",
+              "layer_groups", "layer_weight_rank")
+    assert all(out[k] == [None, None] for k in neuron)
+    assert all(out[k][0] is not None for k in columns.METRICS if k not in neuron)
 
 
 # ---- in-context linear regression ----

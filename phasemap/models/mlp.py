@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from phasemap import kernels, symmetry
+from phasemap import columns, kernels, symmetry
 from phasemap.rng import derive_seed
 
 Tensor = torch.Tensor
@@ -46,5 +46,6 @@ def forward(params: list[Tensor], x: Tensor, *, n_weights: int, activation: str,
 
 def measure(params: list[Tensor], x_test: Tensor, th: dict[str, Tensor], *, n_weights: int,
             activation: str, bias: bool) -> dict[str, list]:
-    """phasemap.symmetry's columns for M trained models."""
-    return symmetry.measure(params[:n_weights], params[n_weights:], x_test, activation, th)
+    """phasemap.symmetry's columns for M trained models (columns.METRICS; None where attention's)."""
+    out = symmetry.measure(params[:n_weights], params[n_weights:], x_test, activation, th)
+    return {key: out.get(key, [None] * params[0].shape[0]) for key in columns.METRICS}

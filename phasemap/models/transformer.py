@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from phasemap import columns
 from phasemap.rng import derive_seed
 from phasemap.symmetry import numerical_rank
 
@@ -35,12 +36,6 @@ Tensor = torch.Tensor
 # Eigenvalues of W_Q^T W_Q closer than this (relative to the largest) are one repeated eigenvalue:
 # far above eigh's rounding (~1e-16 relative in float64), far below any Δ threshold in use.
 TIE_TOL = 1e-8
-
-# Columns of the mlp metrics that have no meaning for attention: present, as None, so that every
-# family returns the same keys.
-_NOT_ATTENTION = ("n_distinct", "n_dead", "symmetry_class", "layer_n_distinct", "layer_n_dead",
-                  "layer_symmetry_class", "layer_groups", "layer_weight_rank")
-
 
 def arch(cfg: dict) -> dict:
     """What forward and measure need beside the parameters (equal for a batch)."""
@@ -151,5 +146,4 @@ def measure(params: list[Tensor], x_test: Tensor, th: dict[str, Tensor], n_layer
         "rep_rank": numerical_rank(rep, tol, atol).tolist(),
         "deltas": deltas,
     }
-    out.update({key: [None] * n_models for key in _NOT_ATTENTION})
-    return out
+    return {key: out.get(key, [None] * n_models) for key in columns.METRICS}     # neuron columns: None
