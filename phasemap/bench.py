@@ -1,14 +1,18 @@
-"""`phasemap bench`: the engine on the reference workload ref-mlp, against the naive way.
+"""`phasemap bench`: the engine on a reference workload, against the naive way.
 
-- engine: every config of sweeps/bench/ref-mlp.yaml through `runner.run_chunk` (training and
-  metrics, no Ray), on the CPU one single-threaded worker process per core (as Ray runs trials),
-  on a GPU one process. Reports runs/s, achieved GFLOP/s of matmul, and that as a fraction of
-  this machine's batched-matmul peak measured in the same run.
-- baseline: the usual way, one config per Ray Tune trial running a plain torch autograd loop
-  (nn.Linear layers, torch.optim.SGD, the penalty in the loss), Ray start-up included.
+- engine: every config of sweeps/bench/ref-mlp.yaml (or ref-transformer.yaml) through
+  `runner.run_chunk` (training and metrics, no Ray), on the CPU one single-threaded worker
+  process per core (as Ray runs trials), on a GPU one process. Reports runs/s and, for the MLP,
+  achieved GFLOP/s of matmul and that as a fraction of this machine's batched-matmul peak
+  measured in the same run.
+- baseline, MLP: the usual way, one config per Ray Tune trial running a plain torch autograd
+  loop (nn.Linear layers, torch.optim.SGD, the penalty in the loss), Ray start-up included.
+- baseline, transformer: one model at a time in this process on one thread, plain autograd
+  through the family's forward and torch.optim (AdamW), so the ratio is the batching's alone.
 
-    phasemap bench                  # CPU, all 2048 configs, baseline on 4 configs
+    phasemap bench                  # CPU, all 2048 configs, baseline on 8 configs
     phasemap bench --configs 256 --json
+    phasemap bench --family transformer --configs 64 --baseline 4
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 REF = Path(__file__).resolve().parent.parent / "sweeps" / "bench" / "ref-mlp.yaml"
+REFERENCES = {"mlp": REF, "transformer": REF.with_name("ref-transformer.yaml")}
 
 
 def matmul_flops(cfg: dict) -> float:
@@ -97,13 +102,56 @@ def engine_bench(configs: list[dict], device: str = "cpu", workers: int | None =
     wall = time.perf_counter() - started
     train = max(p["seconds"] for p in parts)          # the workers run side by side
     runs = sum(p["runs"] for p in parts)
-    flops = sum(matmul_flops(c) * c["steps"] for c in configs)
-    peak = batched_matmul_peak(device, workers if device == "cpu" else 1)
-    return {"device": device, "backend": parts[0]["backend"], "workers": workers, "runs": runs,
-            "ok": sum(p["ok"] for p in parts),
-            "seconds": train, "warmup_seconds": max(p["warmup_s"] for p in parts), "wall_seconds": wall,
-            "runs_per_s": runs / train, "gflops": flops / train / 1e9, "peak_gflops": peak,
-            "peak_fraction": flops / train / 1e9 / peak}
+    out = {"device": device, "backend": parts[0]["backend"], "workers": workers, "runs": runs,
+           "ok": sum(p["ok"] for p in parts),
+           "seconds": train, "warmup_seconds": max(p["warmup_s"] for p in parts), "wall_seconds": wall,
+           "runs_per_s": runs / train}
+    if all("width" in c for c in configs):           # matmul FLOPs are counted for the MLP
+        flops = sum(matmul_flops(c) * c["steps"] for c in configs)
+        peak = batched_matmul_peak(device, workers if device == "cpu" else 1)
+        out.update(gflops=flops / train / 1e9, peak_gflops=peak, peak_fraction=flops / train / 1e9 / peak)
+    return out
+
+
+def one_at_a_time(cfg: dict) -> None:
+    """Train one model of any family the plain way: autograd through the family's forward and
+    torch.optim, on random minibatches (the baseline of the transformer workload)."""
+    from phasemap import models
+    from phasemap.tasks import make_data
+
+    family = models.get(models.family_of(cfg))
+    data = make_data(cfg)
+    params = [p.clone().requires_grad_() for p in family.init_params(cfg)]
+    betas = (cfg["beta1"], cfg["beta2"])
+    opt = {"sgd": lambda: torch.optim.SGD(params, lr=cfg["lr"]),
+           "adam": lambda: torch.optim.Adam(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"]),
+           "adamw": lambda: torch.optim.AdamW(params, lr=cfg["lr"], betas=betas, eps=cfg["eps"],
+                                              weight_decay=cfg["gamma"])}[cfg["optimizer"]]()
+    arch, n = family.arch(cfg), cfg["n_train"]
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    for _ in range(cfg["steps"]):
+        idx = torch.randperm(n, generator=gen)[:cfg["batch_size"]]
+        out = family.forward([p[None] for p in params], data["x_train"][idx][None], **arch)[0]
+        loss = ((out - data["y_train"][idx]) ** 2).sum(dim=1).mean()
+        if cfg["optimizer"] != "adamw":
+            loss = loss + cfg["gamma"] * sum((p * p).sum() for p in params)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def one_at_a_time_bench(configs: list[dict]) -> dict:
+    """Runs/s of one_at_a_time on one thread, in this process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        started = time.perf_counter()
+        for cfg in configs:
+            one_at_a_time(cfg)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    return {"runs": len(configs), "seconds": seconds, "runs_per_s": len(configs) / seconds, "threads": 1}
 
 
 def _naive_trial(config: dict) -> None:

@@ -1,5 +1,6 @@
 """`phasemap bench`: the engine benchmark trains ref-mlp configs and reports what it measured."""
 
+import torch
 from typer.testing import CliRunner
 
 from phasemap.bench import engine_bench, load_configs, matmul_flops
@@ -22,3 +23,32 @@ def test_bench_refuses_an_unknown_backend():
     result = CliRunner().invoke(app, ["bench", "--backend", "numba", "--baseline", "0"])
     assert result.exit_code == 2
     assert "--backend" in result.output and "numba" in result.output
+
+
+def test_the_transformer_workload_is_trained_batched_and_one_at_a_time():
+    import json
+
+    result = CliRunner().invoke(app, ["bench", "--family", "transformer", "--configs", "2", "--workers", "1",
+                                      "--baseline", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["engine"]["backend"] == "autograd" and out["engine"]["runs"] == out["engine"]["ok"] == 2
+    assert "gflops" not in out["engine"]                      # matmul FLOPs are counted for the MLP only
+    assert out["baseline"]["runs"] == 1 and out["baseline"]["threads"] == 1
+    assert out["speedup_per_core"] > 0 and "speedup" not in out       # the per-core ratio, not Ray's baseline
+
+
+def test_one_at_a_time_trains_the_model_it_is_given(monkeypatch):
+    from phasemap import bench
+
+    cfg = load_configs(bench.REFERENCES["transformer"], 1)[0]
+    seen = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (seen.append(1), real_step(self, *a, **k))[1])
+    bench.one_at_a_time({**cfg, "steps": 3})
+    assert len(seen) == 3
+
+
+def test_bench_refuses_an_unknown_family():
+    result = CliRunner().invoke(app, ["bench", "--family", "rnn", "--baseline", "0"])
+    assert result.exit_code == 2 and "--family" in result.output and "rnn" in result.output

@@ -14,7 +14,8 @@ from phasemap.cli.common import app, check_device, console, err_console, fail
 @app.command()
 def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of ref-mlp's 2048 configs."),
+    family: str = typer.Option("mlp", "--family", help="The reference workload: mlp (ref-mlp.yaml) or transformer (ref-transformer.yaml)."),
+    configs: Optional[int] = typer.Option(None, "--configs", min=1, help="Train only N of the reference configs."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Force the step: fused, compiled, eager or autograd (default: the fastest that applies)."),
     baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
@@ -22,8 +23,9 @@ def bench(
     rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Benchmark the engine on sweeps/bench/ref-mlp.yaml against one-config-per-trial Ray Tune."""
-    from phasemap.bench import analysis_bench, baseline_bench, engine_bench, load_configs
+    """Benchmark the engine on sweeps/bench/ref-mlp.yaml against one-config-per-trial Ray Tune, or on
+    ref-transformer.yaml against one model at a time (--family transformer)."""
+    from phasemap.bench import REFERENCES, analysis_bench, baseline_bench, engine_bench, load_configs, one_at_a_time_bench
 
     if analysis:
         out = analysis_bench(rows)
@@ -35,14 +37,21 @@ def bench(
         return
 
     check_device(device, ("cpu", "cuda"))
+    if family not in REFERENCES:
+        fail(f"--family: {family!r} is not one of {', '.join(REFERENCES)}")
     from phasemap.engine import BACKENDS
 
     if backend is not None and backend not in BACKENDS:
         fail(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "fused" and device != "cpu":
         fail("--backend fused runs on the CPU only")
-    result = {"engine": engine_bench(load_configs(n=configs), device, workers, backend)}
-    if baseline:
+    reference = REFERENCES[family]
+    result = {"engine": engine_bench(load_configs(reference, configs), device, workers, backend)}
+    if baseline and family == "transformer":     # per core: the engine's workers are single-threaded
+        result["baseline"] = one_at_a_time_bench(load_configs(reference, baseline))
+        per_core = result["engine"]["runs_per_s"] / result["engine"]["workers"]
+        result["speedup_per_core"] = per_core / result["baseline"]["runs_per_s"]
+    elif baseline:
         try:
             result["baseline"] = baseline_bench(load_configs(n=baseline))
             result["speedup"] = result["engine"]["runs_per_s"] / result["baseline"]["runs_per_s"]
@@ -52,11 +61,16 @@ def bench(
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     e = result["engine"]
+    flops = (f", {e['gflops']:.1f} GFLOP/s = {100 * e['peak_fraction']:.0f}% of the {e['peak_gflops']:.0f} GFLOP/s "
+             "batched-matmul peak") if "gflops" in e else ""
     console.print(f"engine ({e['device']}, {e['backend']} step, {e['workers']} worker(s)): {e['runs']} runs in {e['seconds']:.1f} s "
-                  f"= [bold]{e['runs_per_s']:.1f} runs/s[/], {e['gflops']:.1f} GFLOP/s = "
-                  f"{100 * e['peak_fraction']:.0f}% of the {e['peak_gflops']:.0f} GFLOP/s batched-matmul peak "
-                  f"(warm-up {e['warmup_seconds']:.1f} s)")
-    if "baseline" in result:
+                  f"= [bold]{e['runs_per_s']:.1f} runs/s[/]{flops} (warm-up {e['warmup_seconds']:.1f} s)")
+    if "speedup_per_core" in result:
+        b = result["baseline"]
+        console.print(f"baseline (one model at a time, autograd + torch.optim, 1 thread): {b['runs']} runs in "
+                      f"{b['seconds']:.1f} s = {b['runs_per_s']:.2f} runs/s; engine per core / baseline = "
+                      f"[bold]{result['speedup_per_core']:.1f}x[/]")
+    elif "baseline" in result:
         b = result["baseline"]
         console.print(f"baseline (one config per Ray Tune trial, plain autograd): {b['runs']} runs in "
                       f"{b['seconds']:.1f} s = {b['runs_per_s']:.2f} runs/s; engine/baseline = "

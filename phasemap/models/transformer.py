@@ -55,13 +55,15 @@ def init_params(cfg: dict, dtype: torch.dtype = torch.float32) -> list[Tensor]:
     return [(torch.randn(shape, generator=gen, dtype=torch.float64) * std).to(dtype) for shape in shapes]
 
 
-def _attention(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor, d_k: int) -> Tensor:
-    """One layer's attention output, summed over heads: x (M, B, T, D) -> (M, B, T, D)."""
-    q = torch.einsum("mbtd,mhdk->mhbtk", x, w_q)                  # (M, H, B, T, d_k)
-    k = torch.einsum("mbtd,mhdk->mhbtk", x, w_k)
+def _attention(x: Tensor, w_q: Tensor, w_k: Tensor, w_v: Tensor, d_k: int, last_only: bool = False) -> Tensor:
+    """One layer's attention output, summed over heads: x (M, B, T, D) -> (M, B, T, D), or only the
+    final token's (M, B, 1, D) with last_only (all a readout of the final token needs from the
+    last layer)."""
+    queries = x[:, :, -1:] if last_only else x
+    q = torch.einsum("mbtd,mhdk->mhbtk", queries, w_q)            # (M, H, B, T or 1, d_k)
+    k = torch.einsum("mbtd,mhdk->mhbtk", x, w_k)                  # (M, H, B, T, d_k)
     v = torch.einsum("mbtd,mhde->mhbte", x, w_v)                  # (M, H, B, T, D)
-    scores = q @ k.transpose(-1, -2) / d_k**0.5                   # (M, H, B, T, T)
-    return (torch.softmax(scores, dim=-1) @ v).sum(dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=d_k**-0.5).sum(dim=1)
 
 
 def final_token(params: list[Tensor], x: Tensor, n_layers: int, heads: int, d_k: int,
@@ -69,8 +71,9 @@ def final_token(params: list[Tensor], x: Tensor, n_layers: int, heads: int, d_k:
     """The final token's representation before the readout: x (M, B, n_ctx, D) -> (M, B, D)."""
     assert len(params) == 3 * n_layers + 1 and params[0].shape[1] == heads and params[0].shape[-1] == d_k
     for layer in range(n_layers):
-        mixed = _attention(x, *params[3 * layer: 3 * layer + 3], d_k)
-        x = x + mixed if residual else mixed
+        last = layer == n_layers - 1
+        mixed = _attention(x, *params[3 * layer: 3 * layer + 3], d_k, last_only=last)
+        x = (x[:, :, -1:] if last else x) + mixed if residual else mixed
     return x[:, :, -1, :]
 
 
