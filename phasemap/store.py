@@ -260,11 +260,11 @@ def readable_files(out: str | Path) -> list[list[str]]:
     return list(groups.values())
 
 
-# Config columns that every file of a folder must have before `run` adds rows to it. A file
-# without one was measured by an earlier definition: without sign_identify, by phasemap before
-# symmetry-aware Delta (its n_dos, n_dosb and deltas count +-copies and dead pairs otherwise), so
-# new rows beside it would mix two meanings of one column.
-RESUME_COLUMNS = ("sign_identify",)
+# A file that has none of these config columns was measured by an earlier definition: without
+# sign_identify (which every MLP row carries) or family (which every other family's row carries),
+# by phasemap before symmetry-aware Delta, whose n_dos, n_dosb and deltas count +-copies and dead
+# pairs otherwise; `run` adds no rows beside it, which would mix two meanings of one column.
+RESUME_COLUMNS = ("sign_identify", "family")
 
 
 class OutdatedResultsError(StoreError):
@@ -275,14 +275,14 @@ class OutdatedResultsError(StoreError):
 
 
 def _index(out: str | Path, set_aside: bool = False) -> tuple[pa.Table | None, list[str]]:
-    """run_id and status of every row, with the file each row is in, and the files that lack a
+    """run_id and status of every row, with the file each row is in, and the files that have no
     RESUME_COLUMNS column; damaged files are left out (and renamed out of the way with set_aside)."""
     def columns(fs, path):
         file = pq.ParquetFile(path, filesystem=fs)
         names = set(file.schema_arrow.names)
         table = file.read(columns=["run_id", "status"])
         table = table.append_column("file", pa.array([path] * table.num_rows, pa.string()))
-        return table, not names.issuperset(RESUME_COLUMNS)
+        return table, names.isdisjoint(RESUME_COLUMNS)
 
     good, damaged = _read_each(out, columns)
     _report(damaged, out, set_aside)
@@ -301,7 +301,7 @@ def run_ids(out: str | Path, set_aside: bool = False) -> set[str]:
     if outdated:
         raise OutdatedResultsError(
             f"{normalize(out)} holds {len(outdated)} file(s) written before phasemap measured Delta with the "
-            f"sign-flip symmetry and dead pairs (no {', '.join(RESUME_COLUMNS)} column, e.g. "
+            f"sign-flip symmetry and dead pairs (no {' or '.join(RESUME_COLUMNS)} column, e.g. "
             f"{outdated[0].rsplit('/', 1)[-1]}); new rows would mix two meanings of n_dos: write this sweep "
             "to a new folder (--out), or move those files away")
     return _finished(index)

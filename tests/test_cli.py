@@ -122,3 +122,8 @@ def test_run_refuses_to_add_rows_beside_an_earlier_definition_of_n_dos(capsys, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-old.parquet"]
     code, out, _ = run_main(capsys, "show", tmp_path, "--json")      # readers still read it
     assert code == 0 and '"runs": 1' in out
+    (tmp_path / "part-old.parquet").unlink()                       # a transformer's rows carry family instead
+    pl.DataFrame({"run_id": ["b"], "status": ["ok"], "sweep": ["quickstart"], "gamma": [0.1], "n_dos": [2],
+                  "family": ["transformer"]}).write_parquet(tmp_path / "part-new.parquet")
+    code, out, err = run_main(capsys, "run", ROOT / "sweeps" / "quickstart.yaml", "--dry-run", "--out", tmp_path)
+    assert code == 0 and "48 to run" in out and err == ""

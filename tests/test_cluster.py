@@ -235,6 +235,19 @@ def test_run_joins_the_cluster_with_its_token_and_is_refused_without(cluster, tm
     assert_complete(tmp_path / "joined")
 
 
+def test_a_transformer_sweep_runs_on_the_two_node_cluster(cluster, tmp_path):
+    out = tmp_path / "transformer"
+    command = [sys.executable, "-m", "phasemap.cli", "run", str(ROOT / "sweeps" / "transformer.yaml"),
+               "--address", cluster["gcs"], "--out", str(out), "--set", "train.steps=60", "--set", "task.n_train=64",
+               "--set", "task.n_test=32", "--set", "train.batch_size=16", "--set", "grid.gamma=[0.0, 30.0]"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**cluster["env"], "RAY_AUTH_TOKEN_PATH": str(cluster["token_file"])})
+    assert done.returncode == 0, done.stderr
+    frame = pl.read_parquet(str(out / "**" / "*.parquet"))
+    assert frame.height == 8 and set(frame["status"]) == {"ok"} and set(frame["family"]) == {"transformer"}
+    assert frame["layer_qk_rank"].null_count() == 0 and frame["n_dos"].null_count() == 0
+
+
 def test_the_shipped_cluster_configs_turn_on_token_auth_and_keep_the_dashboard_private():
     import yaml
 

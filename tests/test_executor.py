@@ -86,6 +86,10 @@ def test_a_transformer_sweep_runs_through_ray_tune_with_its_attention_columns(tm
     assert frame["layer_qk_rank"].list.len().to_list() == [2] * 8
     collapsed = frame.filter(pl.col("gamma") == 30.0)          # AdamW's decay lr * gamma = 0.09 per step
     assert collapsed["n_dos"].to_list() == [6] * 4 and collapsed["layer_qk_rank"].to_list() == [[0, 0]] * 4
+    again = invoke("run", ROOT / "sweeps" / "transformer.yaml", "--out", out, "--set", "train.steps=150",
+                   "--set", "task.n_train=64", "--set", "task.n_test=32", "--set", "train.batch_size=16",
+                   "--set", "grid.gamma=[0.0, 30.0]")
+    assert again.exit_code == 0 and "nothing to run" in again.output        # resumable: not an earlier version's
 
 
 def test_growing_the_grid_runs_only_the_new_points(tmp_path):
