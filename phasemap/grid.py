@@ -36,9 +36,6 @@ MLP_ONLY = ("teacher_depth", "teacher_activation", "output_scale")
 LINEAR_ONLY = ("spectrum", "whiten")
 ICL_ONLY = ("n_ctx",)
 ICL_DEFAULTS = {"input_dim": 20, "n_ctx": 50}
-TRANSFORMER_DEFAULTS = {"n_layers": 2, "heads": 1, "residual": True}    # d_k: the token dimension
-# thresholds of neuron metrics, which attention layers do not have
-NEURON_METRIC_KEYS = ("dead_threshold", "dead_relative", "distinct_threshold", "sign_identify", "delta_relative")
 # The key that names a run; everything else in a row describes or measures it.
 RUN_ID = "run_id"
 # The most configs `expand` builds unless told otherwise (--max-configs). A resolved config is a
@@ -189,37 +186,30 @@ def _base_flat(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _resolve_family(cfg: dict, explicit: set[str]) -> None:
-    """Keep only the chosen family's model keys (an MLP config has no `family` key, so MLP runs
-    keep their ids); a key of another family set in the sweep file is refused."""
-    family = cfg.pop("family")
+    """Keep only the chosen family's model keys, filled from its defaults (an MLP config has no
+    `family` key, so MLP runs keep their ids); a key of another family, a metric the family does
+    not measure, or a task it does not train on is refused (models.FAMILIES says which)."""
+    name = cfg.pop("family")
+    family = models.FAMILIES[name]
     for other, entry in models.FAMILIES.items():
-        if other == family:
-            continue
-        for key in entry.keys:
-            if key in explicit and key not in models.FAMILIES[family].keys:
+        for key in set(entry.keys) - set(family.keys):
+            if key in explicit:
                 raise SpecError(f"model.{key}: applies only to model.family: {other}", key=f"model.{key}")
-            if key not in models.FAMILIES[family].keys:
-                cfg.pop(key)
-    sequences = cfg["teacher"] == "icl_linear"
-    if family == "mlp":
-        if sequences:
-            raise SpecError("task.teacher: icl_linear is a sequence task: it needs model.family: transformer",
-                            key="task.teacher")
-        return
-    if not sequences:
-        raise SpecError(f"model.family: the transformer trains on sequences: use task.teacher: icl_linear "
-                        f"(got {cfg['teacher']})", key="model.family")
-    cfg["family"] = family
-    for key in NEURON_METRIC_KEYS:
+            cfg.pop(key, None)
+    if cfg["teacher"] not in family.teachers:
+        trains = [n for n, e in models.FAMILIES.items() if cfg["teacher"] in e.teachers]
+        key = "model.family" if "family" in explicit else "task.teacher"
+        raise SpecError(f"{key}: the {name} family trains on task.teacher {', '.join(family.teachers)}; "
+                        f"{cfg['teacher']} needs model.family: {' or '.join(trains)}", key=key)
+    for key in family.not_measured:
         if key in explicit:
-            raise SpecError(f"metrics.{key}: a neuron metric; the transformer's attention layers are measured "
-                            "by delta_threshold and the ranks only", key=f"metrics.{key}")
+            raise SpecError(f"metrics.{key}: does not apply to the {name} family", key=f"metrics.{key}")
         cfg.pop(key)
-    for key, default in TRANSFORMER_DEFAULTS.items():
+    for key, default in family.defaults.items():
         if cfg[key] is None:
-            cfg[key] = default
-    if cfg["d_k"] is None:
-        cfg["d_k"] = cfg["input_dim"] + 1
+            cfg[key] = cfg[default] + 1 if isinstance(default, str) else default
+    if name != "mlp":
+        cfg["family"] = name
 
 
 def _resolve_icl(cfg: dict, explicit: set[str]) -> None:

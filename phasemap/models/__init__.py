@@ -18,24 +18,33 @@ the same small interface (shapes carry a leading model axis M):
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Family:
-    """A registry line: where the family lives, and what the driver needs without importing it."""
+    """A registry line: where the family lives, and what resolving a config and planning a sweep
+    need to know of it without importing it (plain Python, no torch)."""
 
     module: str                     # the family's module (imported when first used, with torch)
     keys: tuple[str, ...]           # model keys only this family has (refused for the others)
     shape_keys: tuple[str, ...]     # configs with equal values share a batch
+    teachers: tuple[str, ...]       # the task.teacher kinds it trains on
+    defaults: dict = field(default_factory=dict)    # its keys' defaults; a string names another key + 1
+    not_measured: tuple[str, ...] = ()              # metrics keys that do not apply (refused if set)
 
 
 _COMMON = ("n_train", "n_test", "optimizer", "steps")
+_NEURONS = ("dead_threshold", "dead_relative", "distinct_threshold", "sign_identify", "delta_relative")
 FAMILIES: dict[str, Family] = {
     "mlp": Family("phasemap.models.mlp", ("depth", "width", "activation", "bias"),
-                  ("input_dim", "output_dim", "depth", "width", "activation", "bias", *_COMMON)),
+                  ("input_dim", "output_dim", "depth", "width", "activation", "bias", *_COMMON),
+                  teachers=("mlp", "linear", "identity")),
     "transformer": Family("phasemap.models.transformer", ("n_layers", "heads", "d_k", "residual"),
-                          ("input_dim", "n_ctx", "n_layers", "heads", "d_k", "residual", *_COMMON)),
+                          ("input_dim", "n_ctx", "n_layers", "heads", "d_k", "residual", *_COMMON),
+                          teachers=("icl_linear",),
+                          defaults={"n_layers": 2, "heads": 1, "d_k": "input_dim", "residual": True},
+                          not_measured=_NEURONS),
 }
 
 
