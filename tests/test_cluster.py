@@ -139,6 +139,20 @@ def trial_workers(cluster, node: str) -> list[int]:
     return [p for p in descendants(node_pid(cluster, node)) if "ImplicitFunc" in cmdline(p)]
 
 
+def kill_a_trial(cluster, node: str, tries: int = 20) -> int:
+    """SIGKILL a running trial process on `node`, mid-chunk where the timing allows; its pid. A
+    trial that ends between being found and being killed is skipped for the next one."""
+    for _ in range(tries):
+        victim = wait_for(lambda: trial_workers(cluster, node), 120, f"a trial on the {node} node")[0]
+        time.sleep(0.5)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            return victim
+        except ProcessLookupError:
+            continue
+    raise AssertionError(f"no trial on the {node} node lived long enough to be killed")
+
+
 def assert_complete(out: Path, n: int = N_CONFIGS) -> pl.DataFrame:
     frame = pl.read_parquet(store.files(out))
     assert frame.height == n, frame.group_by("run_id").len().filter(pl.col("len") > 1)
@@ -170,9 +184,7 @@ def test_submission_without_a_valid_token_is_refused_clearly(cluster, tmp_path):
 def test_a_sweep_survives_a_killed_worker_process(cluster, tmp_path):
     out = tmp_path / "out"
     job = submit(cluster, write_sweep(tmp_path, "killworker", 40000), out)
-    victim = wait_for(lambda: trial_workers(cluster, "worker"), 120, "a trial on the worker node")[0]
-    time.sleep(2)                              # mid-chunk: a chunk takes several seconds
-    os.kill(victim, signal.SIGKILL)
+    victim = kill_a_trial(cluster, "worker")
     jobs = Cluster(cluster["address"], cluster["token_file"])
     assert jobs.wait(job, timeout=300) == "SUCCEEDED", jobs.logs(job)
     assert not Path(f"/proc/{victim}").exists()
