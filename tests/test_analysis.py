@@ -197,6 +197,14 @@ def test_scaling_needs_two_resolved_transitions():
         scaling(rank_table([0.1, 0.3, 3.0]), metric="weight_rank")       # ranks 4, 3, 0
 
 
+def test_default_metric_is_n_dos_for_transformers_only():
+    rows = {"run_id": ["a", "b"], "status": ["ok", "ok"], "gamma": [0.1, 0.2], "n_dos": [1, 6],
+            "n_distinct": [None, None]}
+    assert default_metric(pl.DataFrame({**rows, "family": ["transformer"] * 2})) == "n_dos"
+    assert default_metric(pl.DataFrame({**rows, "family": ["transformer", None]})) == "n_distinct"   # MLP rows too
+    assert default_metric(pl.DataFrame(rows)) == "n_distinct"
+
+
 def test_default_metric_is_weight_rank_for_linear_students():
     table = rank_table(np.geomspace(0.3, 4.5, 40), spectrum=[4 * i ** -0.5 for i in range(1, 201)])
     linear = table.with_columns(pl.lit("linear").alias("activation"), n_distinct=pl.lit(3))

@@ -99,9 +99,14 @@ def independent_axes(results: Results) -> list[str]:
 
 def default_metric(results: Results) -> str:
     """weight_rank for linear students (where rank is the symmetry that weight decay breaks),
-    n_distinct (distinct neurons) otherwise."""
+    n_dos for transformers (their attention layers have no neurons to count), n_distinct
+    (distinct neurons) otherwise."""
     lazy = source(results)
     names = lazy.collect_schema().names()
+    if "family" in names:
+        families = lazy.select(pl.col("family").unique()).collect()["family"].to_list()
+        if families == ["transformer"]:
+            return "n_dos"
     if "activation" in names and "weight_rank" in names:
         acts = lazy.select(pl.col("activation").unique()).collect()["activation"].drop_nulls().to_list()
         if acts == ["linear"]:
