@@ -247,9 +247,10 @@ def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
     if cfg["teacher"] == "icl_linear":
         _resolve_icl(cfg, explicit)
         return
-    if "n_ctx" in explicit:
-        raise SpecError("task.n_ctx: applies only to teacher: icl_linear", key="task.n_ctx")
-    cfg.pop("n_ctx")
+    for key in ICL_ONLY:
+        if key in explicit:
+            raise SpecError(f"task.{key}: applies only to teacher: icl_linear", key=f"task.{key}")
+        cfg.pop(key)
     d_min = min(cfg["input_dim"], cfg["output_dim"])
     if cfg["teacher"] == "identity":
         for key in (*LINEAR_ONLY, *MLP_ONLY, "teacher_rank"):

@@ -277,14 +277,14 @@ class OutdatedResultsError(StoreError):
 def _index(out: str | Path, set_aside: bool = False) -> tuple[pa.Table | None, list[str]]:
     """run_id and status of every row, with the file each row is in, and the files that have no
     RESUME_COLUMNS column; damaged files are left out (and renamed out of the way with set_aside)."""
-    def columns(fs, path):
+    def read_index(fs, path):
         file = pq.ParquetFile(path, filesystem=fs)
         names = set(file.schema_arrow.names)
         table = file.read(columns=["run_id", "status"])
         table = table.append_column("file", pa.array([path] * table.num_rows, pa.string()))
         return table, names.isdisjoint(RESUME_COLUMNS)
 
-    good, damaged = _read_each(out, columns)
+    good, damaged = _read_each(out, read_index)
     _report(damaged, out, set_aside)
     outdated = [path for path, (_, old) in good if old]
     return (pa.concat_tables([t for _, (t, _) in good]) if good else None), outdated

@@ -9,8 +9,8 @@ cannot), whether it wants blocks of one fixed size (`fixed_shapes`: a compiled s
 per shape, so the runner pads a short last block), how many steps one call may advance, and
 gives the function that advances them. `choose` picks the fastest that supports a batch.
 
-    backend = choose(batch)                      # or get("autograd")
-    advance = backend.stepper(batch)
+    backend = choose("mlp", arch, "sgd", "cpu", torch.float32, work)     # or get("autograd")
+    advance = backend.stepper("mlp", arch, "sgd")
     loss, params, state = advance(params, state, x, y, sample_weight, hyper, n)
 """
 
