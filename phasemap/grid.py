@@ -24,18 +24,22 @@ from phasemap import models
 from phasemap.spec import (
     KEY_SECTION,
     SECTIONS,
+    TASKS,
     UNSWEEPABLE,
     SpecError,
     SweepSpec,
     axis_key,
-    reason,
     suggest,
+    task_key_message,
+    validate_section,
+    value_reason,
 )
 
-MLP_ONLY = ("teacher_depth", "teacher_activation", "output_scale")
-LINEAR_ONLY = ("spectrum", "whiten")
-ICL_ONLY = ("n_ctx",)
-ICL_DEFAULTS = {"input_dim": 20, "n_ctx": 50}
+# A flat config of a non-ICL teacher holds the mlp and linear teachers' keys whatever its teacher
+# (at their defaults when they do not apply), as it did before the task section became one variant
+# per teacher: run_ids hash the key set, so it stays. An icl_linear config holds only its own keys.
+LEGACY_TASK_KEYS = {key: field.default for cls in (TASKS["mlp"], TASKS["linear"])
+                    for key, field in cls.model_fields.items()}
 # The key that names a run; everything else in a row describes or measures it.
 RUN_ID = "run_id"
 # The most configs `expand` builds unless told otherwise (--max-configs). A resolved config is a
@@ -142,28 +146,31 @@ def _validate_axis(spec: SweepSpec, name: str, values: list) -> list:
     if section is None or ("." in name and name.split(".", 1)[0] != section) or key in UNSWEEPABLE:
         hint = suggest(key, KEY_SECTION)
         raise SpecError(f"grid.{name}: not a sweepable config key{hint}", key=f"grid.{name}")
-    cls = SECTIONS[section]
     base = getattr(spec, section).model_dump(exclude_unset=True)
     coerced = []
     for value in values:
         if isinstance(value, (dict, list)):
             raise SpecError(f"grid.{name}: axis values must be scalars, got {value!r}", key=f"grid.{name}")
         try:
-            model = cls.model_validate({**base, key: value})
+            model = _validate_value(section, base, key, value)
         except ValidationError as err:
-            if not (isinstance(value, float) and value.is_integer()
-                    and err.errors()[0]["type"] == "int_type"):
-                raise SpecError(f"grid.{name}: value {value!r}: {reason(err.errors()[0])}",
-                                key=f"grid.{name}") from None
-            try:  # linspace over an integer key, e.g. width
-                model = cls.model_validate({**base, key: int(value)})
-            except ValidationError as err_int:
-                raise SpecError(f"grid.{name}: value {value!r}: {reason(err_int.errors()[0])}",
-                                key=f"grid.{name}") from None
+            raise SpecError(f"grid.{name}: value {value!r}: {value_reason(section, err)}",
+                            key=f"grid.{name}") from None
         coerced.append(getattr(model, key))
     if len(set(map(repr, coerced))) != len(coerced):
         raise SpecError(f"grid.{name}: the axis repeats a value", key=f"grid.{name}")
     return coerced
+
+
+def _validate_value(section: str, base: dict, key: str, value: Any):
+    """The section with `key` set to one axis value; a whole float for an integer key (linspace over
+    width) is taken as that integer."""
+    try:
+        return validate_section(section, {**base, key: value})
+    except ValidationError as err:
+        if not (isinstance(value, float) and value.is_integer() and err.errors()[0]["type"] == "int_type"):
+            raise
+        return validate_section(section, {**base, key: int(value)})
 
 
 def axes(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> dict[str, list]:
@@ -182,7 +189,7 @@ def _base_flat(spec: SweepSpec) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section in SECTIONS:
         flat.update(getattr(spec, section).model_dump())
-    return flat
+    return flat if flat["teacher"] == "icl_linear" else {**LEGACY_TASK_KEYS, **flat}
 
 
 def _resolve_family(cfg: dict, explicit: set[str]) -> None:
@@ -212,15 +219,9 @@ def _resolve_family(cfg: dict, explicit: set[str]) -> None:
         cfg["family"] = name
 
 
-def _resolve_icl(cfg: dict, explicit: set[str]) -> None:
+def _resolve_icl(cfg: dict) -> None:
     """In-context linear regression: a scalar label per sequence, Gaussian tokens, a rank-r
     subspace of regressors (teacher_rank; default input_dim, no structure)."""
-    for key in (*LINEAR_ONLY, *MLP_ONLY):
-        if key in explicit:
-            raise SpecError(f"task.{key}: does not apply to teacher: icl_linear", key=f"task.{key}")
-    for key, default in ICL_DEFAULTS.items():
-        if key not in explicit:
-            cfg[key] = default
     if cfg["output_dim"] != 1:
         raise SpecError(f"task.output_dim: icl_linear predicts one number per sequence (got {cfg['output_dim']})",
                         key="task.output_dim")
@@ -235,43 +236,30 @@ def _resolve_icl(cfg: dict, explicit: set[str]) -> None:
     if rank > cfg["input_dim"]:
         raise SpecError(f"task.teacher_rank: {rank} is larger than input_dim = {cfg['input_dim']}",
                         key="task.teacher_rank")
-    for key in (*MLP_ONLY, *LINEAR_ONLY):
-        cfg.pop(key)
     cfg["teacher_rank"] = rank
-    cfg.pop("spectrum_c")
-    cfg.pop("spectrum_alpha")
 
 
 def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
-    cfg["spectrum_c"] = cfg["spectrum_alpha"] = None
-    if cfg["teacher"] == "icl_linear":
-        _resolve_icl(cfg, explicit)
+    teacher = cfg["teacher"]
+    for key in sorted(explicit):   # a grid point may switch the teacher away from the one a key belongs to
+        if KEY_SECTION.get(key) == "task" and key not in TASKS[teacher].model_fields:
+            raise SpecError(f"task.{key}: {task_key_message(key, teacher)}", key=f"task.{key}")
+    if teacher == "icl_linear":
+        _resolve_icl(cfg)
         return
-    for key in ICL_ONLY:
-        if key in explicit:
-            raise SpecError(f"task.{key}: applies only to teacher: icl_linear", key=f"task.{key}")
-        cfg.pop(key)
+    cfg["spectrum_c"] = cfg["spectrum_alpha"] = None
     d_min = min(cfg["input_dim"], cfg["output_dim"])
     if cfg["teacher"] == "identity":
-        for key in (*LINEAR_ONLY, *MLP_ONLY, "teacher_rank"):
-            if key in explicit:
-                raise SpecError(f"task.{key}: does not apply to the identity teacher (y = x)", key=f"task.{key}")
         if cfg["input_dim"] != cfg["output_dim"]:
             raise SpecError(f"task.teacher: identity (y = x) needs output_dim = input_dim "
                             f"(got {cfg['input_dim']} and {cfg['output_dim']})", key="task.teacher")
         cfg["teacher_rank"], cfg["spectrum"] = cfg["input_dim"], None   # the identity has full rank
         return
     if cfg["teacher"] == "mlp":
-        for key in LINEAR_ONLY:
-            if key in explicit:
-                raise SpecError(f"task.{key}: applies only to a linear teacher (teacher: linear)", key=f"task.{key}")
         if cfg["teacher_rank"] is None:
             raise SpecError("task.teacher_rank: required for an mlp teacher (its hidden units)", key="task.teacher_rank")
         cfg["spectrum"] = None
         return
-    for key in MLP_ONLY:
-        if key in explicit:
-            raise SpecError(f"task.{key}: applies only to an mlp teacher (teacher: mlp)", key=f"task.{key}")
     spectrum = cfg["spectrum"]
     if spectrum is None:
         raise SpecError("task.spectrum: a linear teacher needs a spectrum (a list, or {power_law: {c, alpha}})",

@@ -21,9 +21,12 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictInt,
+    Tag,
+    TypeAdapter,
     ValidationError,
 )
 
@@ -89,12 +92,10 @@ class PowerLawSpectrum(_Section):
     power_law: PowerLaw
 
 
-class TaskSpec(_Section):
-    """Teacher and data. x ~ N(0, input_scale^2) (or sin of it); y = teacher(x) + sigma * noise."""
+class _Task(_Section):
+    """Teacher and data, the keys every teacher takes. x ~ N(0, input_scale^2) (or sin of it);
+    y = teacher(x) + sigma * noise."""
 
-    # identity: y = x (needs input_dim = output_dim); icl_linear: in-context linear regression
-    # sequences, for model.family: transformer
-    teacher: Literal["mlp", "linear", "identity", "icl_linear"] = "mlp"
     input_dim: Dim = 10
     output_dim: Dim = 1
     n_train: Samples = 300
@@ -108,17 +109,57 @@ class TaskSpec(_Section):
     # new train samples at every step (online SGD): batch_size fresh inputs drawn from the input
     # distribution and labelled by the teacher; n_train samples still measure train_loss
     fresh_data: StrictBool = False
-    teacher_rank: Dim | None = None
     data_seed: Seed | None = None
-    # mlp teachers
+
+
+class MlpTask(_Task):
+    """A random tanh (or other) MLP teacher with teacher_rank hidden units per layer."""
+
+    teacher: Literal["mlp"] = "mlp"
+    teacher_rank: Dim | None = None
     teacher_depth: Depth = 2
     teacher_activation: Activation = "tanh"
     output_scale: PosFloat = 1.0
-    # linear teachers
+
+
+class LinearTask(_Task):
+    """y = W* x with W*'s singular values the spectrum (its first teacher_rank values)."""
+
+    teacher: Literal["linear"]
+    teacher_rank: Dim | None = None
     spectrum: Union[list[PosFloat], PowerLawSpectrum, None] = None
     whiten: StrictBool = False
-    # icl_linear: tokens per sequence (default 50)
-    n_ctx: Annotated[StrictInt, Field(ge=2, le=MAX_DIM)] | None = None
+
+
+class IdentityTask(_Task):
+    """y = x (needs input_dim = output_dim)."""
+
+    teacher: Literal["identity"]
+
+
+class IclTask(_Task):
+    """In-context linear regression sequences, for model.family: transformer."""
+
+    teacher: Literal["icl_linear"]
+    input_dim: Dim = 20
+    teacher_rank: Dim | None = None
+    n_ctx: Annotated[StrictInt, Field(ge=2, le=MAX_DIM)] = 50
+
+
+# The task section is one of these, chosen by its `teacher` key (mlp when absent); each forbids
+# the keys of the others. A new task kind adds its class here (and its module to phasemap.tasks).
+TASKS: dict[str, type[_Task]] = {"mlp": MlpTask, "linear": LinearTask, "identity": IdentityTask,
+                                 "icl_linear": IclTask}
+
+
+def _teacher_of(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value.get("teacher", "mlp")
+    return getattr(value, "teacher", None)
+
+
+TaskSpec = Annotated[Union[tuple(Annotated[cls, Tag(name)] for name, cls in TASKS.items())],  # type: ignore[valid-type]
+                     Discriminator(_teacher_of)]
 
 
 class ModelSpec(_Section):
@@ -175,17 +216,43 @@ class MetricsSpec(_Section):
     rank_atol: NonNegFloat = 1e-3
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, Any] = {
     "task": TaskSpec,
     "model": ModelSpec,
     "train": TrainSpec,
     "metrics": MetricsSpec,
 }
-# Every config key lives in exactly one section, so a grid axis may name it bare.
+_CLASSES: dict[str, list[type[_Section]]] = {
+    section: list(TASKS.values()) if section == "task" else [cls] for section, cls in SECTIONS.items()
+}
+_ADAPTERS = {section: TypeAdapter(kind) for section, kind in SECTIONS.items()}
+# Every config key lives in exactly one section, so a grid axis may name it bare; FIELDS holds
+# its pydantic field (a key several teachers take has the same type in each).
+FIELDS: dict[str, Any] = {
+    key: field for classes in _CLASSES.values() for cls in classes for key, field in cls.model_fields.items()
+}
 KEY_SECTION: dict[str, str] = {
-    key: section for section, cls in SECTIONS.items() for key in cls.model_fields
+    key: section for section, classes in _CLASSES.items() for cls in classes for key in cls.model_fields
 }
 UNSWEEPABLE = {"spectrum"}  # a list-valued key: sweep teacher_rank instead
+
+
+def validate_section(section: str, data: dict) -> _Section:
+    """One section's mapping, validated (the task section as the variant its teacher names)."""
+    return _ADAPTERS[section].validate_python(data)
+
+
+def section_keys(section: str) -> list[str]:
+    """Every key the section can hold (for the task section: under any teacher)."""
+    return list(dict.fromkeys(k for cls in _CLASSES[section] for k in cls.model_fields))
+
+
+def task_key_message(key: str, teacher: str) -> str:
+    """Why `key` is refused under `teacher`: another teacher's key, or no key at all."""
+    owners = [name for name, cls in TASKS.items() if key in cls.model_fields]
+    if owners:
+        return f"does not apply to teacher: {teacher} (only to teacher: {', '.join(owners)})"
+    return f"unknown key{suggest(key, section_keys('task'))}"
 
 
 class SweepSpec(BaseModel):
@@ -195,7 +262,7 @@ class SweepSpec(BaseModel):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=120)]
     description: str = ""
-    task: TaskSpec = TaskSpec()
+    task: TaskSpec = MlpTask()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
     metrics: MetricsSpec = MetricsSpec()
@@ -273,7 +340,7 @@ def _set_override(raw: dict, assignment: str) -> None:
 
 
 def _all_dotted_keys() -> list[str]:
-    return [f"{s}.{k}" for s, cls in SECTIONS.items() for k in cls.model_fields] + list(KEY_SECTION)
+    return [f"{s}.{k}" for s in SECTIONS for k in section_keys(s)] + list(KEY_SECTION)
 
 
 def suggest(word: str, choices) -> str:
@@ -299,9 +366,19 @@ def format_validation_error(err: ValidationError) -> SpecError:
     """Turn pydantic's most specific error into one sentence naming the key."""
     first = max(err.errors(), key=lambda e: len(_clean_loc(e["loc"])))
     loc = _clean_loc(first["loc"])
+    teacher = None
+    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASKS:   # the union's tag, not a key
+        teacher = loc.pop(1)
     key = ".".join(loc)
     msg = first["msg"]
-    if first["type"] == "extra_forbidden":
+    if first["type"] == "union_tag_invalid":
+        key = f"{key}.teacher"
+        msg = f"unknown teacher {first['ctx']['tag']!r}; choose one of {', '.join(TASKS)}"
+    elif first["type"] == "union_tag_not_found":
+        msg = f"must be a mapping of keys to values (got {first.get('input')!r})"
+    elif first["type"] == "extra_forbidden" and teacher is not None:
+        msg = task_key_message(loc[-1], teacher)
+    elif first["type"] == "extra_forbidden":
         cls: Any = SweepSpec
         for part in loc[:-1]:
             cls = SECTIONS.get(part, PowerLaw if part == "power_law" else cls)
@@ -313,6 +390,17 @@ def format_validation_error(err: ValidationError) -> SpecError:
     else:
         msg = f"{reason(first)} (got {first.get('input')!r})"
     return SpecError(f"{key}: {msg}", key=key)
+
+
+def value_reason(section: str, err: ValidationError) -> str:
+    """Why one section with one grid value failed validation, short (the caller names key and value)."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if section == "task" and first["type"] == "extra_forbidden" and loc and loc[0] in TASKS:
+        return f"task.{loc[-1]}: {task_key_message(loc[-1], loc[0])}"
+    if first["type"] == "union_tag_invalid":
+        return f"unknown teacher; choose one of {', '.join(TASKS)}"
+    return reason(first)
 
 
 def reason(error: dict) -> str:

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from phasemap import columns
-from phasemap.spec import SECTIONS
+from phasemap.spec import FIELDS
 
 _SCALARS = {columns.INT: pa.int64(), columns.FLOAT: pa.float64(), columns.STR: pa.string(),
             columns.BOOL: pa.bool_(), columns.TIME: pa.timestamp("s", tz="UTC")}
@@ -90,12 +90,11 @@ def _config_type(key: str) -> pa.DataType:
     (not its default, which may be None)."""
     if key in DERIVED_TYPES:
         return DERIVED_TYPES[key]
-    for cls in SECTIONS.values():
-        if key in cls.model_fields:
-            kind = _python_type(cls.model_fields[key].annotation)
-            if kind is None:
-                raise KeyError(f"config key {key!r} has no plain Arrow type: add it to columns.DERIVED")
-            return _PY_TO_ARROW[kind]
+    if key in FIELDS:
+        kind = _python_type(FIELDS[key].annotation)
+        if kind is None:
+            raise KeyError(f"config key {key!r} has no plain Arrow type: add it to columns.DERIVED")
+        return _PY_TO_ARROW[kind]
     raise KeyError(f"no Arrow type for config key {key!r}")
 
 

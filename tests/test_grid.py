@@ -208,8 +208,8 @@ def test_the_identity_teacher_maps_inputs_to_themselves_and_refuses_what_cannot_
     data = make_data(cfg)
     assert torch.equal(data["y_train"], data["x_train"]) and torch.equal(data["y_test"], data["x_test"])
     for task, message in (({"output_dim": 3}, "identity .y = x. needs output_dim = input_dim .got 6 and 3."),
-                          ({"teacher_rank": 2}, "task.teacher_rank: does not apply to the identity teacher"),
-                          ({"spectrum": [1.0]}, "task.spectrum: does not apply to the identity teacher")):
+                          ({"teacher_rank": 2}, "task.teacher_rank: does not apply to teacher: identity"),
+                          ({"spectrum": [1.0]}, "task.spectrum: does not apply to teacher: identity .only to teacher: linear.")):
         with pytest.raises(SpecError, match=message):
             expand(parse_spec({**raw, "task": {**raw["task"], **task}}))
 
@@ -219,3 +219,32 @@ def test_fresh_data_cannot_be_whitened():
                                  "input_dim": 2, "output_dim": 2, "n_train": 8}, "grid": {}}
     with pytest.raises(SpecError, match="task.fresh_data: whitening makes one fixed train set"):
         expand(parse_spec(raw))
+
+
+def test_the_task_section_is_the_variant_its_teacher_names():
+    # Each teacher's keys and defaults live on its own class: icl_linear's input_dim defaults to 20
+    # and its n_ctx to 50, and an mlp task has no n_ctx at all.
+    from phasemap.spec import IclTask, LinearTask, MlpTask
+
+    icl = parse_spec({"name": "i", "task": {"teacher": "icl_linear"}, "model": {"family": "transformer"}})
+    assert isinstance(icl.task, IclTask) and (icl.task.input_dim, icl.task.n_ctx) == (20, 50)
+    assert isinstance(parse_spec({"name": "m"}).task, MlpTask)
+    assert not hasattr(parse_spec({"name": "m"}).task, "n_ctx")
+    assert isinstance(parse_spec({"name": "l", "task": {"teacher": "linear", "spectrum": [1.0]}}).task, LinearTask)
+
+
+# Pinned like GOLDEN_ID, with the ids the code gave before the task section became one class per
+# teacher: the change kept every run_id (as it did for the 4,262 configs of sweeps/).
+TEACHER_IDS = {
+    "linear": ({"task": {"teacher": "linear", "input_dim": 3, "output_dim": 2, "spectrum": [1.0, 0.5]}},
+               "7f657821ec6e664a5af355665e7664c8"),
+    "identity": ({"task": {"teacher": "identity", "input_dim": 3, "output_dim": 3}}, "030d5529caa078723b9ef808ea79f3f9"),
+    "icl_linear": ({"task": {"teacher": "icl_linear"}, "model": {"family": "transformer"}},
+                   "47c08e4a3dbdb337a1dbadaf4a18f8ec"),
+}
+
+
+@pytest.mark.parametrize("teacher", TEACHER_IDS)
+def test_run_ids_of_every_teacher_are_pinned(teacher):
+    raw, expected = TEACHER_IDS[teacher]
+    assert expand(parse_spec({"name": "golden", **raw}))[0]["run_id"] == expected

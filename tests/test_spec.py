@@ -96,6 +96,17 @@ MALFORMED = [
     ("icl-rank-over-dim", edit(ICL, "n_ctx: 6", "n_ctx: 6, teacher_rank: 5"), "task.teacher_rank"),
     ("icl-input-noise", edit(ICL, "n_ctx: 6", "n_ctx: 6, sigma: 0.1, noise_on: inputs"), "task.noise_on"),
     ("neuron-metric-on-transformer", ICL + "metrics: {distinct_threshold: 0.2}\n", "metrics.distinct_threshold"),
+    ("unknown-teacher", edit(GOOD, "teacher: mlp", "teacher: rnn"),
+     "task.teacher: unknown teacher 'rnn'"),
+    ("task-not-mapping", edit(GOOD, "task: {teacher: mlp, teacher_rank: 3, input_dim: 4, n_train: 32, n_test: 16}", "task: 5"),
+     "task: must be a mapping"),
+    ("mlp-key-on-icl", edit(ICL, "n_ctx: 6", "n_ctx: 6, teacher_depth: 3"),
+     "task.teacher_depth: does not apply to teacher: icl_linear (only to teacher: mlp)"),
+    ("linear-key-on-mlp-in-grid", GOOD + "  whiten: [true]\n", "grid.whiten: value True: task.whiten: does not apply to teacher: mlp"),
+    ("teacher-axis-leaves-a-key-behind", edit(GOOD, "teacher_rank: 3, ", "") + "  teacher_rank: [3]\n"
+     "  teacher: [mlp, identity]\n", "task.teacher_rank: does not apply to teacher: identity"),
+    ("teacher-axis-against-the-section", GOOD + "  teacher: [mlp, identity]\n",
+     "grid.teacher: value 'identity': task.teacher_rank: does not apply to teacher: identity"),
 ]
 
 
