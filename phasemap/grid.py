@@ -25,12 +25,14 @@ from phasemap.spec import (
     KEY_SECTION,
     SECTIONS,
     TASKS,
+    VARIANTS,
     UNSWEEPABLE,
     SpecError,
     SweepSpec,
     axis_key,
+    section_keys,
     suggest,
-    task_key_message,
+    variant_key_message,
     validate_section,
     value_reason,
 )
@@ -192,16 +194,25 @@ def _base_flat(spec: SweepSpec) -> dict[str, Any]:
     return flat if flat["teacher"] == "icl_linear" else {**LEGACY_TASK_KEYS, **flat}
 
 
+def _check_kind(cfg: dict, explicit: set[str], section: str) -> None:
+    """Refuse a key set in the task (model) section or on an axis that the config's teacher
+    (family) does not take: a grid point may switch the teacher (family) away from it."""
+    chooser, classes = VARIANTS[section]
+    kind = cfg[chooser]
+    for key in sorted(explicit):
+        if KEY_SECTION.get(key) == section and key not in classes[kind].model_fields:
+            raise SpecError(f"{section}.{key}: {variant_key_message(section, key, kind)}", key=f"{section}.{key}")
+
+
 def _resolve_family(cfg: dict, explicit: set[str]) -> None:
-    """Keep only the chosen family's model keys, filled from its defaults (an MLP config has no
+    """Keep only the chosen family's model keys, derived ones filled in (an MLP config has no
     `family` key, so MLP runs keep their ids); a key of another family, a metric the family does
     not measure, or a task it does not train on is refused (models.FAMILIES says which)."""
+    _check_kind(cfg, explicit, "model")
     name = cfg.pop("family")
     family = models.FAMILIES[name]
-    for other, entry in models.FAMILIES.items():
-        for key in set(entry.keys) - set(family.keys):
-            if key in explicit:
-                raise SpecError(f"model.{key}: applies only to model.family: {other}", key=f"model.{key}")
+    for key in section_keys("model"):
+        if key not in family.keys and key != "init_scale":
             cfg.pop(key, None)
     if cfg["teacher"] not in family.teachers:
         trains = [n for n, e in models.FAMILIES.items() if cfg["teacher"] in e.teachers]
@@ -212,9 +223,9 @@ def _resolve_family(cfg: dict, explicit: set[str]) -> None:
         if key in explicit:
             raise SpecError(f"metrics.{key}: does not apply to the {name} family", key=f"metrics.{key}")
         cfg.pop(key)
-    for key, default in family.defaults.items():
+    for key, source in family.derived.items():
         if cfg[key] is None:
-            cfg[key] = cfg[default] + 1 if isinstance(default, str) else default
+            cfg[key] = cfg[source] + 1
     if name != "mlp":
         cfg["family"] = name
 
@@ -240,11 +251,8 @@ def _resolve_icl(cfg: dict) -> None:
 
 
 def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
-    teacher = cfg["teacher"]
-    for key in sorted(explicit):   # a grid point may switch the teacher away from the one a key belongs to
-        if KEY_SECTION.get(key) == "task" and key not in TASKS[teacher].model_fields:
-            raise SpecError(f"task.{key}: {task_key_message(key, teacher)}", key=f"task.{key}")
-    if teacher == "icl_linear":
+    _check_kind(cfg, explicit, "task")
+    if cfg["teacher"] == "icl_linear":
         _resolve_icl(cfg)
         return
     cfg["spectrum_c"] = cfg["spectrum_alpha"] = None

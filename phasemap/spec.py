@@ -10,11 +10,10 @@ problem becomes a `SpecError` whose message names the offending key.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -27,14 +26,25 @@ from pydantic import (
     StrictInt,
     Tag,
     TypeAdapter,
+    create_model,
     ValidationError,
 )
 
+from phasemap import fields
+from phasemap.fields import (
+    MAX_DIM,
+    MAX_SAMPLES,
+    Activation,
+    Depth,
+    Dim,
+    NonNegFloat,
+    PosFloat,
+    Samples,
+    Seed,
+    Steps,
+    to_float,
+)
 from phasemap.models import FAMILIES
-
-Activation = Literal["tanh", "relu", "swish", "sin", "quadratic", "linear"]
-ACTIVATIONS = get_args(Activation)
-
 
 class SpecError(ValueError):
     """A sweep file or override the user must fix; the message names the key."""
@@ -42,39 +52,6 @@ class SpecError(ValueError):
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
         self.key = key
-
-
-def _to_float(value: Any) -> Any:
-    # PyYAML reads `1e-3` (no dot) as a string: accept numeric strings, refuse booleans.
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value}")
-    return value
-
-
-PosFloat = Annotated[float, BeforeValidator(_to_float), Field(gt=0)]
-NonNegFloat = Annotated[float, BeforeValidator(_to_float), Field(ge=0)]
-
-# Upper bounds on integer keys. A value past them cannot be meant and would hang a run or exhaust
-# memory (a width of 10^7 is a 10^7 x input_dim matrix per model), so it is refused with the key
-# named. Each is generous for research: raise it here if a real experiment needs more.
-MAX_DIM = 100_000               # input_dim, output_dim, width, teacher_rank
-MAX_DEPTH = 100                 # weight layers of the student and of an mlp teacher
-MAX_SAMPLES = 100_000_000       # n_train, n_test, batch_size
-MAX_STEPS = 1_000_000_000       # optimizer steps of one run
-MAX_SEED = 2**63 - 1            # seeds are stored in int64 Parquet columns
-
-Dim = Annotated[StrictInt, Field(ge=1, le=MAX_DIM)]
-Depth = Annotated[StrictInt, Field(ge=1, le=MAX_DEPTH)]
-Samples = Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLES)]
-Steps = Annotated[StrictInt, Field(ge=1, le=MAX_STEPS)]
-Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 
 
 class _Section(BaseModel):
@@ -152,32 +129,40 @@ TASKS: dict[str, type[_Task]] = {"mlp": MlpTask, "linear": LinearTask, "identity
                                  "icl_linear": IclTask}
 
 
-def _teacher_of(value: Any) -> Any:
-    if isinstance(value, dict):
-        return value.get("teacher", "mlp")
-    return getattr(value, "teacher", None)
+def _one_of(classes: dict[str, type[_Section]], chooser: str, default: str) -> Any:
+    """A section that is one of `classes`, chosen by its `chooser` key (`default` when absent)."""
+    def kind(value: Any) -> Any:
+        if isinstance(value, dict):
+            return value.get(chooser, default)
+        return getattr(value, chooser, None)
+    tagged = tuple(Annotated[cls, Tag(name)] for name, cls in classes.items())
+    return Annotated[Union[tagged], Discriminator(kind)]  # type: ignore[valid-type]
 
 
-TaskSpec = Annotated[Union[tuple(Annotated[cls, Tag(name)] for name, cls in TASKS.items())],  # type: ignore[valid-type]
-                     Discriminator(_teacher_of)]
+TaskSpec = _one_of(TASKS, "teacher", "mlp")
 
 
-class ModelSpec(_Section):
-    """The student: an MLP of `depth` weight layers and `width` units per hidden layer, or a
-    transformer of `n_layers` self-attention layers and a linear readout."""
+class _Model(_Section):
+    """The student: the keys every family takes."""
 
-    family: Literal[tuple(FAMILIES)] = "mlp"    # type: ignore[valid-type]
     init_scale: NonNegFloat = 0.01
-    # mlp
-    depth: Depth = 2
-    width: Dim = 64
-    activation: Activation = "tanh"
-    bias: StrictBool = False
-    # transformer (defaults: 2 layers, 1 head, d_k = input_dim + 1, residual connections)
-    n_layers: Depth | None = None
-    heads: Dim | None = None
-    d_k: Dim | None = None
-    residual: StrictBool | None = None
+
+
+# The model section is one class per family, built from its registry line (models.FAMILIES):
+# its own keys, typed there, and `family` (mlp when absent).
+def _field(kind: str, default: Any) -> tuple[Any, Any]:
+    value_type = getattr(fields, kind)
+    return (value_type | None if default is None else value_type), default
+
+
+MODELS: dict[str, type[_Model]] = {
+    name: create_model(f"{name.title()}Model", __base__=_Model, __doc__=f"The {name} family's model section.",
+                       family=(Literal[name], name),
+                       **{key: _field(*typed) for key, typed in family.fields.items()})   # type: ignore[call-overload]
+    for name, family in FAMILIES.items()
+}
+
+ModelSpec = _one_of(MODELS, "family", "mlp")
 
 
 class TrainSpec(_Section):
@@ -191,8 +176,8 @@ class TrainSpec(_Section):
     gamma: NonNegFloat = 0.0
     steps: Steps = 2000
     seed: Seed = 0
-    beta1: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.9
-    beta2: Annotated[float, BeforeValidator(_to_float), Field(ge=0, lt=1)] = 0.999
+    beta1: Annotated[float, BeforeValidator(to_float), Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, BeforeValidator(to_float), Field(ge=0, lt=1)] = 0.999
     eps: PosFloat = 1e-8
     # torch's conventions, as an alternative to gamma: the weight_decay torch's optimizers take,
     # and whether the squared error is summed (phasemap's loss) or averaged (torch's MSELoss) over
@@ -222,8 +207,11 @@ SECTIONS: dict[str, Any] = {
     "train": TrainSpec,
     "metrics": MetricsSpec,
 }
+# The sections that are one class per kind: the key that chooses the class, and the classes.
+VARIANTS: dict[str, tuple[str, dict[str, type[_Section]]]] = {"task": ("teacher", TASKS), "model": ("family", MODELS)}
 _CLASSES: dict[str, list[type[_Section]]] = {
-    section: list(TASKS.values()) if section == "task" else [cls] for section, cls in SECTIONS.items()
+    section: list(VARIANTS[section][1].values()) if section in VARIANTS else [cls]
+    for section, cls in SECTIONS.items()
 }
 _ADAPTERS = {section: TypeAdapter(kind) for section, kind in SECTIONS.items()}
 # Every config key lives in exactly one section, so a grid axis may name it bare; FIELDS holds
@@ -238,21 +226,23 @@ UNSWEEPABLE = {"spectrum"}  # a list-valued key: sweep teacher_rank instead
 
 
 def validate_section(section: str, data: dict) -> _Section:
-    """One section's mapping, validated (the task section as the variant its teacher names)."""
+    """One section's mapping, validated (task and model as the class their teacher or family names)."""
     return _ADAPTERS[section].validate_python(data)
 
 
 def section_keys(section: str) -> list[str]:
-    """Every key the section can hold (for the task section: under any teacher)."""
+    """Every key the section can hold (for task and model: under any teacher or family)."""
     return list(dict.fromkeys(k for cls in _CLASSES[section] for k in cls.model_fields))
 
 
-def task_key_message(key: str, teacher: str) -> str:
-    """Why `key` is refused under `teacher`: another teacher's key, or no key at all."""
-    owners = [name for name, cls in TASKS.items() if key in cls.model_fields]
+def variant_key_message(section: str, key: str, kind: str) -> str:
+    """Why `key` is refused in a task (model) section of teacher (family) `kind`: it belongs to
+    another teacher (family), or to none."""
+    chooser, classes = VARIANTS[section]
+    owners = [name for name, cls in classes.items() if key in cls.model_fields]
     if owners:
-        return f"does not apply to teacher: {teacher} (only to teacher: {', '.join(owners)})"
-    return f"unknown key{suggest(key, section_keys('task'))}"
+        return f"does not apply to {chooser}: {kind} (only to {chooser}: {', '.join(owners)})"
+    return f"unknown key{suggest(key, section_keys(section))}"
 
 
 class SweepSpec(BaseModel):
@@ -263,7 +253,7 @@ class SweepSpec(BaseModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=120)]
     description: str = ""
     task: TaskSpec = MlpTask()
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = MODELS["mlp"]()
     train: TrainSpec = TrainSpec()
     metrics: MetricsSpec = MetricsSpec()
     grid: dict[str, Any] = {}
@@ -362,22 +352,32 @@ def _clean_loc(loc) -> list[str]:
             and str(p) not in ("PowerLawSpectrum",)]
 
 
+def _variant_error(section: str, first: dict, loc: list[str], kind: str | None) -> str | None:
+    """The message for an error of the task or model section's own union (None for any other)."""
+    if section not in VARIANTS:
+        return None
+    chooser, classes = VARIANTS[section]
+    if first["type"] == "union_tag_invalid":
+        return f"{section}.{chooser}: unknown {chooser} {first['ctx']['tag']!r}; choose one of {', '.join(classes)}"
+    if first["type"] == "union_tag_not_found":
+        return f"{section}: must be a mapping of keys to values (got {first.get('input')!r})"
+    if first["type"] == "extra_forbidden" and kind is not None:
+        return f"{section}.{loc[-1]}: {variant_key_message(section, loc[-1], kind)}"
+    return None
+
+
 def format_validation_error(err: ValidationError) -> SpecError:
     """Turn pydantic's most specific error into one sentence naming the key."""
     first = max(err.errors(), key=lambda e: len(_clean_loc(e["loc"])))
     loc = _clean_loc(first["loc"])
-    teacher = None
-    if len(loc) > 1 and loc[0] == "task" and loc[1] in TASKS:   # the union's tag, not a key
-        teacher = loc.pop(1)
+    kind = None
+    if len(loc) > 1 and loc[0] in VARIANTS and loc[1] in VARIANTS[loc[0]][1]:   # the union's tag, not a key
+        kind = loc.pop(1)
     key = ".".join(loc)
     msg = first["msg"]
-    if first["type"] == "union_tag_invalid":
-        key = f"{key}.teacher"
-        msg = f"unknown teacher {first['ctx']['tag']!r}; choose one of {', '.join(TASKS)}"
-    elif first["type"] == "union_tag_not_found":
-        msg = f"must be a mapping of keys to values (got {first.get('input')!r})"
-    elif first["type"] == "extra_forbidden" and teacher is not None:
-        msg = task_key_message(loc[-1], teacher)
+    variant = _variant_error(loc[0], first, loc, kind) if loc else None
+    if variant is not None:
+        key, msg = variant.split(": ", 1)
     elif first["type"] == "extra_forbidden":
         cls: Any = SweepSpec
         for part in loc[:-1]:
@@ -396,11 +396,9 @@ def value_reason(section: str, err: ValidationError) -> str:
     """Why one section with one grid value failed validation, short (the caller names key and value)."""
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]
-    if section == "task" and first["type"] == "extra_forbidden" and loc and loc[0] in TASKS:
-        return f"task.{loc[-1]}: {task_key_message(loc[-1], loc[0])}"
-    if first["type"] == "union_tag_invalid":
-        return f"unknown teacher; choose one of {', '.join(TASKS)}"
-    return reason(first)
+    kind = loc[0] if section in VARIANTS and loc and loc[0] in VARIANTS[section][1] else None
+    variant = _variant_error(section, first, loc, kind)
+    return variant if variant is not None else reason(first)
 
 
 def reason(error: dict) -> str:

@@ -8,7 +8,7 @@ from phasemap import engine, rng, symmetry
 from phasemap.columns import THRESHOLDS
 from phasemap.models.mlp import init_params
 from phasemap.runner import run_chunk
-from phasemap.spec import ACTIVATIONS
+from phasemap.fields import ACTIVATIONS
 from phasemap.tasks import make_data
 
 

@@ -248,3 +248,25 @@ TEACHER_IDS = {
 def test_run_ids_of_every_teacher_are_pinned(teacher):
     raw, expected = TEACHER_IDS[teacher]
     assert expand(parse_spec({"name": "golden", **raw}))[0]["run_id"] == expected
+
+
+def test_each_familys_keys_come_from_its_registry_line_and_are_refused_elsewhere():
+    # The model section is built from models.FAMILIES: every declared key is accepted with its
+    # default under its own family and refused, naming the owner, under every other.
+    from phasemap.models import FAMILIES
+
+    teacher_of = {name: {"teacher": family.teachers[0]} for name, family in FAMILIES.items()}
+    extra = {"mlp": {"teacher_rank": 2}, "transformer": {}}
+    for name, family in FAMILIES.items():
+        spec = parse_spec({"name": "f", "task": {**teacher_of[name], **extra[name]}, "model": {"family": name}})
+        for key, (_, default) in family.fields.items():
+            assert getattr(spec.model, key) == default
+        for other in FAMILIES:
+            if other == name:
+                continue
+            for key in family.fields:
+                raw = {"name": "f", "task": {**teacher_of[other], **extra[other]},
+                       "model": {"family": other, key: family.fields[key][1] or 3}}
+                with pytest.raises(SpecError, match=f"model.{key}: does not apply to family: {other} "
+                                                    rf"\(only to family: {name}\)"):
+                    parse_spec(raw)
