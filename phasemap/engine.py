@@ -269,11 +269,14 @@ def _choose(batch: Batch) -> backends.Backend:
     return backends.choose(batch.family, batch.arch, batch.optimizer, batch.x.device, batch.x.dtype, batch.work)
 
 
-def fit(batch: Batch, backend: str | None = None) -> Result:
+def fit(batch: Batch, backend: str | None = None, observe=None) -> Result:
     """Train every model of the batch for batch.steps steps; return final params and losses.
 
     backend: one of BACKENDS (None: the fastest that applies). Results agree across backends to
     float rounding; a backend that cannot train the batch is a ValueError saying why.
+    observe: None, or a callable with a sorted list `steps`: the loop stops after each of those
+    steps (a backend's multi-step call ends there) and calls observe(step, params, diverged_step);
+    it must not change params. Stops change no numbers: a step is the same whichever call runs it.
     """
     start = time.perf_counter()
     if backend is None:
@@ -294,9 +297,12 @@ def fit(batch: Batch, backend: str | None = None) -> Result:
     # same every step (full batch, no per-step noise); otherwise it gets each step's sample.
     span = chosen.span(sample.same_every_step, CHECK_EVERY)
 
+    stops = iter(observe.steps if observe is not None else ())
+    stop = next(stops, None)
     t = 0
     while t < batch.steps:
-        n = min(span, batch.steps - t)
+        # A call ends at the next stop and at the next divergence check, so checks stay every CHECK_EVERY.
+        n = min(span, batch.steps - t, CHECK_EVERY - t % CHECK_EVERY, (stop - t) if stop is not None else span)
         x, y = sample(t)
         step_hyper = optim.step_hyper(hyper, batch.beta1, batch.beta2, t + 1) if adam else hyper
         loss, params, state = advance(params, state, x, y, sample.weight, step_hyper, n)
@@ -311,6 +317,9 @@ def fit(batch: Batch, backend: str | None = None) -> Result:
                 hyper["lr"][new] = 0.0
                 for p in params + state.m + state.v:
                     p[new] = 0.0              # keeps inf/NaN arithmetic out of later steps
+        if t == stop:
+            observe(t, params, diverged_step)
+            stop = next(stops, None)
 
     nan = torch.tensor(float("nan"), dtype=batch.x.dtype, device=batch.x.device)
     dead = diverged_step >= 0

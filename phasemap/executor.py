@@ -82,7 +82,7 @@ class Summary:
 
 
 def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, device: str, threads: int) -> None:
-    """A Ray Tune trainable: train one chunk, write its file, report the row count.
+    """A Ray Tune trainable: train one chunk, write its file (and its traces), report the row count.
 
     A write that no retry can fix (no space, no permission) is reported, not raised, so that
     Tune does not train the chunk again; the driver then stops the sweep.
@@ -90,14 +90,14 @@ def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, dev
     import torch
     from ray import tune
 
-    from phasemap.runner import run_chunk
+    from phasemap.runner import train_chunk
 
     torch.set_num_threads(threads)
-    rows = run_chunk(chunks[config["chunk"]], device)
+    rows, traces = train_chunk(chunks[config["chunk"]], device)
     for row in rows:
         row["sweep"] = sweep
     try:
-        store.write_rows(rows, out_dir)
+        store.write_rows(rows, out_dir, traces)
     except store.StoreError as err:
         if err.retryable:
             raise               # Tune retries the trial

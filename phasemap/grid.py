@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from phasemap import models
 from phasemap.spec import (
     KEY_SECTION,
+    MAX_RECORDS,
     SECTIONS,
     TASKS,
     VARIANTS,
@@ -334,6 +335,29 @@ def _resolve_fresh_data(cfg: dict) -> None:
     cfg["fresh_data"] = True
 
 
+def _resolve_record(cfg: dict) -> None:
+    """train.record as a string, "every:K" or "log:N", kept only where it is on (other runs keep
+    their ids; a recorded run is a new run, since its traces are part of it)."""
+    record = cfg.pop("record")
+    if record is None:
+        return
+    steps = cfg["steps"]
+    if "every" in record:
+        every = record["every"]
+        if every > steps:
+            raise SpecError(f"train.record: every {every} is more than train.steps = {steps}; "
+                            "only the last step would be recorded", key="train.record")
+        if steps // every > MAX_RECORDS:
+            raise SpecError(f"train.record: every {every} of {steps} steps is {steps // every:,} records, "
+                            f"more than {MAX_RECORDS:,}; record less often or use {{log: N}}", key="train.record")
+        cfg["record"] = f"every:{every}"
+    else:
+        if record["log"] > steps:
+            raise SpecError(f"train.record: log {record['log']} asks for more record steps than "
+                            f"train.steps = {steps}", key="train.record")
+        cfg["record"] = f"log:{record['log']}"
+
+
 # Only configs that use torch's conventions carry these keys, so that every other run keeps its id.
 TORCH_KEYS = ("weight_decay", "mse_reduction")
 
@@ -378,6 +402,7 @@ def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> 
         _resolve_teacher(cfg, explicit)
         _resolve_family(cfg, explicit)
         _resolve_fresh_data(cfg)
+        _resolve_record(cfg)
         _resolve_conventions(cfg, explicit)
         _resolve_batch(cfg, explicit)
         _torch_lr(cfg)

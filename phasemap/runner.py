@@ -1,9 +1,11 @@
 """One chunk of configs in, one row per config out: tasks -> engine -> the family's metrics -> rows.
 
 Needs only torch and numpy, so a chunk runs the same inside a Ray trial, in a notebook or on
-a GPU machine without Ray. A batch that raises becomes `failed` rows carrying the error.
+a GPU machine without Ray. A batch that raises becomes `failed` rows carrying the error. Runs
+with train.record also give trace rows, one per record step (phasemap.recording).
 
     rows = run_chunk(configs, device="cpu")
+    rows, traces = train_chunk(configs, device="cpu")
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from itertools import groupby
 
 import torch
 
-from phasemap import backends, engine, models
+from phasemap import backends, engine, models, recording
 from phasemap.columns import THRESHOLDS
 from phasemap.shapes import shape_order
 
@@ -35,9 +37,14 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch) -> list[dict]:
-    th = {k: torch.tensor([c[k] for c in configs], device=batch.x.device) for k in THRESHOLDS if k in configs[0]}
-    metrics = models.get(batch.family).measure(result.params, batch.x_test, th, **batch.arch)
+def _thresholds(configs: list[dict], device) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor([c[k] for c in configs], device=device) for k in THRESHOLDS if k in configs[0]}
+
+
+def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch,
+                 recorder: recording.Recorder) -> list[dict]:
+    metrics = models.get(batch.family).measure(result.params, batch.x_test, _thresholds(configs, batch.x.device),
+                                               **batch.arch)
     diverged = result.diverged.tolist()
     div_step = result.diverged_step.tolist()
     train_loss, test_loss = result.train_loss.tolist(), result.test_loss.tolist()
@@ -51,8 +58,14 @@ def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch
                "train_seconds": share, "batch_models": len(configs), "backend": result.backend}
         for key, values in metrics.items():
             row[key] = None if diverged[i] else values[i]
+        change = None if diverged[i] else recording.settle_change(row, recorder.at_settle[i])
+        row["settle_change"], row["settled"] = change, None if change is None else change == 0
         rows.append(row)
     return rows
+
+
+def _trace_rows(configs: list[dict], recorder: recording.Recorder) -> list[dict]:
+    return [{"run_id": cfg["run_id"], **step} for cfg, steps in zip(configs, recorder.rows()) for step in steps]
 
 
 def failed_rows(configs: list[dict], error: str) -> list[dict]:
@@ -62,7 +75,14 @@ def failed_rows(configs: list[dict], error: str) -> list[dict]:
 
 def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None = None,
               backend: str | None = None) -> list[dict]:
-    """Train and measure every config; batches group configs of one shape, max_models at a time.
+    """Train and measure every config; one row per config (train_chunk without the traces)."""
+    return train_chunk(configs, device, max_models, backend)[0]
+
+
+def train_chunk(configs: list[dict], device: str = "auto", max_models: int | None = None,
+                backend: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Train and measure every config: (one row per config, one trace row per record step of the
+    configs with train.record). Batches group configs of one shape, max_models at a time.
 
     backend: force engine.fit's step (None: the fastest that applies to each batch).
     """
@@ -70,6 +90,7 @@ def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None 
     max_models = max_models or DEFAULT_MAX_MODELS[device]
     host = socket.gethostname()
     rows: list[dict] = []
+    traces: list[dict] = []
     for _, group in groupby(sorted(configs, key=shape_order), key=shape_order):
         group = list(group)
         chosen = backends.get(backend) if backend else engine.backend_for(group[0], min(len(group), max_models),
@@ -80,15 +101,21 @@ def run_chunk(configs: list[dict], device: str = "auto", max_models: int | None 
             # step is then compiled once, not once more for the remainder (other backends
             # compile nothing per shape, so they train no copies).
             pad = max_models - len(part) if len(group) > max_models and chosen.fixed_shapes else 0
+            padded = part + [part[-1]] * pad
             begun = time.time()
             try:
-                batch = engine.build_batch(part + [part[-1]] * pad, device)
-                result = engine.fit(batch, backend)
-                new = _metric_rows(part + [part[-1]] * pad, result, batch)[:len(part)]
+                batch = engine.build_batch(padded, device)
+                recorder = recording.Recorder(batch, _thresholds(padded, batch.x.device),
+                                              recording.schedule(part[0].get("record"), batch.steps))
+                result = engine.fit(batch, backend, observe=recorder)
+                recorder.finish()
+                new = _metric_rows(padded, result, batch, recorder)[:len(part)]
+                new_traces = _trace_rows(part, recorder)
             except Exception as err:  # noqa: BLE001 - a bad batch must not stop the sweep
                 detail = "".join(traceback.format_exception_only(type(err), err)).strip()
-                new = failed_rows(part, detail)
+                new, new_traces = failed_rows(part, detail), []
             for row in new:
                 row.update(device=device, host=host, finished_at=time.time(), batch_seconds=time.time() - begun)
             rows.extend(new)
-    return rows
+            traces.extend(new_traces)
+    return rows, traces

@@ -14,9 +14,11 @@ TEACHER_KEYS = ("teacher", "teacher_rank", "teacher_depth", "teacher_activation"
 
 def shape_key(cfg: dict) -> tuple:
     """Configs with equal keys are trained by the engine as one batch (with fresh data the engine
-    runs the teacher at every step, so its shape joins the key)."""
+    runs the teacher at every step, so its shape joins the key; a batch records at one schedule)."""
     family = family_of(cfg)
     key = (family, *(cfg[k] for k in FAMILIES[family].shape_keys))
+    if cfg.get("record"):
+        key += (cfg["record"],)
     return key + tuple(cfg[k] for k in TEACHER_KEYS) if cfg.get("fresh_data") else key
 
 

@@ -165,6 +165,28 @@ MODELS: dict[str, type[_Model]] = {
 ModelSpec = _one_of(MODELS, "family", "mlp")
 
 
+# The most record steps one run may take: each is a measurement of every model of a batch.
+MAX_RECORDS = 10_000
+
+
+class RecordEvery(_Section):
+    """Record at steps K, 2K, ... and the last step."""
+
+    every: Steps
+
+
+class RecordLog(_Section):
+    """Record at N steps spaced evenly in log(step) from 1 to `steps` (rounded; repeats merge)."""
+
+    log: Annotated[StrictInt, Field(ge=2, le=MAX_RECORDS)]
+
+
+def _record_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "log" if "log" in value and "every" not in value else "every" if "every" in value else None
+    return "every" if isinstance(value, RecordEvery) else "log" if isinstance(value, RecordLog) else None
+
+
 class TrainSpec(_Section):
     """Optimizer and the three symmetry-restoring knobs gamma, temperature and (task) sigma."""
 
@@ -184,6 +206,9 @@ class TrainSpec(_Section):
     # output dimensions; resolved exactly to gamma (and lr or eps), see the README
     weight_decay: NonNegFloat | None = None
     mse_reduction: Literal["sum", "mean"] = "sum"
+    # metrics over training, written beside the runs (see the README's "Training dynamics")
+    record: Annotated[Union[Annotated[RecordEvery, Tag("every")], Annotated[RecordLog, Tag("log")]],
+                      Discriminator(_record_kind)] | None = None
 
 
 class MetricsSpec(_Section):
@@ -222,7 +247,7 @@ FIELDS: dict[str, Any] = {
 KEY_SECTION: dict[str, str] = {
     key: section for section, classes in _CLASSES.items() for cls in classes for key in cls.model_fields
 }
-UNSWEEPABLE = {"spectrum"}  # a list-valued key: sweep teacher_rank instead
+UNSWEEPABLE = {"spectrum", "record"}  # mapping-valued keys (sweep teacher_rank instead of spectrum)
 
 
 def validate_section(section: str, data: dict) -> _Section:
@@ -343,13 +368,14 @@ def suggest(word: str, choices) -> str:
 UNION_FORMS = {
     "batch_size": f"a positive integer up to {MAX_SAMPLES:,} or 'full'",
     "spectrum": "a list of positive singular values or {power_law: {c: ..., alpha: ...}}",
+    "record": f"{{every: K}} (K a positive number of steps) or {{log: N}} (N from 2 to {MAX_RECORDS:,})",
 }
 
 
 def _clean_loc(loc) -> list[str]:
     # Union branches add names like "list[...]" or "function-after[...]" to the location.
     return [str(p) for p in loc if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p))
-            and str(p) not in ("PowerLawSpectrum",)]
+            and str(p) not in ("PowerLawSpectrum", "RecordEvery", "RecordLog")]
 
 
 def _variant_error(section: str, first: dict, loc: list[str], kind: str | None) -> str | None:
@@ -373,11 +399,15 @@ def format_validation_error(err: ValidationError) -> SpecError:
     kind = None
     if len(loc) > 1 and loc[0] in VARIANTS and loc[1] in VARIANTS[loc[0]][1]:   # the union's tag, not a key
         kind = loc.pop(1)
+    if loc[:2] == ["train", "record"] and len(loc) > 3:   # record's tag (every or log), not a key
+        loc.pop(2)
     key = ".".join(loc)
     msg = first["msg"]
     variant = _variant_error(loc[0], first, loc, kind) if loc else None
     if variant is not None:
         key, msg = variant.split(": ", 1)
+    elif loc[:2] == ["train", "record"] and first["type"] == "extra_forbidden":
+        key, msg = "train.record", f"expected {UNION_FORMS['record']}, one key (got {loc[-1]!r} too)"
     elif first["type"] == "extra_forbidden":
         cls: Any = SweepSpec
         for part in loc[:-1]:

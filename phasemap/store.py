@@ -8,8 +8,15 @@ folder as one table (`polars.read_parquet("results/NAME/**/*.parquet")`). A file
 hidden temporary name in the same folder and moved into place, so a crash never leaves a
 partial `.parquet` file that a reader would pick up, and a retried chunk replaces its own file.
 
-    path = write_rows(rows, "results/quickstart")
+    path = write_rows(rows, "results/quickstart", traces)   # traces: trace rows, or None
     done = run_ids("results/quickstart")
+    steps = read_traces("results/quickstart")               # a polars DataFrame
+
+Training traces (train.record) go to `_traces/` beside the runs, one file per runs file with the
+same name, written just before it: a trace file counts only once its runs file exists (a crash
+between the two leaves an orphan that readers ignore and `settle` deletes). Folder readers that
+follow the convention of pyarrow, pandas and duckdb skip names starting with `_`, so they read
+the runs table alone, as the runs readers here do.
 """
 
 from __future__ import annotations
@@ -115,6 +122,22 @@ def to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pydict(data, schema=schema)
 
 
+TRACES = "_traces"      # the folder of a results location's traces
+TRACE_SCHEMA = pa.schema([pa.field(k, arrow_type(v)) for k, v in columns.TRACE.items()])
+
+
+def traces_table(rows: list[dict]) -> pa.Table:
+    """Trace rows to an Arrow table with the fixed trace schema."""
+    return pa.Table.from_pydict({f.name: [row.get(f.name) for row in rows] for f in TRACE_SCHEMA},
+                                schema=TRACE_SCHEMA)
+
+
+def trace_path(runs_path: str) -> str:
+    """Where the traces of a runs file live: _traces/ beside it, under the same name."""
+    folder, name = runs_path.rsplit("/", 1)
+    return f"{folder}/{TRACES}/{name}"
+
+
 def chunk_name(run_ids: list[str]) -> str:
     """A file name that depends only on which runs a chunk holds (a retry overwrites, never duplicates)."""
     digest = hashlib.blake2b("\n".join(sorted(run_ids)).encode(), digest_size=8).hexdigest()
@@ -164,11 +187,14 @@ def _write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
         raise
 
 
-def write_rows(rows: list[dict], out: str | Path) -> str:
-    """Write one chunk's rows as one Parquet file, atomically; return its path."""
+def write_rows(rows: list[dict], out: str | Path, traces: list[dict] | None = None) -> str:
+    """Write one chunk's rows as one Parquet file, atomically, after its trace rows (if any) in
+    _traces/; return the runs file's path."""
     fs, folder = location(out)
     path = f"{folder}/{chunk_name([r['run_id'] for r in rows])}"
     try:
+        if traces:
+            _write_atomic(fs, traces_table(traces), trace_path(path))
         _write_atomic(fs, to_table(rows), path)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"cannot write results to {out}: {_reason(err)}", _retryable(err)) from err
@@ -191,17 +217,26 @@ def check_writable(out: str | Path) -> None:
 DAMAGED_SUFFIX = ".damaged"   # appended by `run` to a file it cannot read, so that no reader sees it
 
 
-def files(out: str | Path, suffix: str = ".parquet") -> list[str]:
-    """The Parquet files of a results location (temporaries excluded), sorted; with
-    suffix=".parquet" + DAMAGED_SUFFIX, the damaged files `run` has set aside."""
+def files(out: str | Path, suffix: str = ".parquet", traces: bool = False) -> list[str]:
+    """The runs files of a results location, sorted: Parquet files at any depth, none under a
+    folder whose name starts with `.` or `_` (temporaries, traces); with suffix=".parquet" +
+    DAMAGED_SUFFIX, the damaged files `run` has set aside; with traces, the trace files instead."""
     fs, folder = location(out)
     try:
         infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"cannot read results at {out}: {_reason(err)}") from err
-    return sorted(i.path for i in infos
-                  if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
-                  and not i.base_name.startswith((".", "_")))
+
+    def wanted(info: pafs.FileInfo) -> bool:
+        if info.type != pafs.FileType.File or not info.base_name.endswith(suffix):
+            return False
+        parts = info.path[len(folder):].strip("/").split("/")
+        if traces:
+            return len(parts) > 1 and parts[-2] == TRACES and not any(p.startswith((".", "_")) for p in
+                                                                       parts[:-2] + parts[-1:])
+        return not any(p.startswith((".", "_")) for p in parts)
+
+    return sorted(i.path for i in infos if wanted(i))
 
 
 class DamagedFileWarning(UserWarning):
@@ -335,14 +370,58 @@ def settle(out: str | Path) -> tuple[int, set[str]]:
     dropped = frame.join(keep.select("row"), on="row", how="anti")
     fs, _ = location(out)
     for (path,), group in dropped.group_by("file"):
-        table = pq.read_table(path, filesystem=fs)
-        # A file never holds a run_id twice, so its dropped rows are named by run_id.
-        remaining = table.filter(pc.invert(pc.is_in(table["run_id"], group["run_id"].to_arrow())))
-        try:
-            if remaining.num_rows:
-                _write_atomic(fs, remaining, path)
-            else:
-                fs.delete_file(path)
-        except (OSError, pa.ArrowException) as err:
-            raise StoreError(f"cannot rewrite {path}: {_reason(err)}") from err
+        # A file never holds a run_id twice, so its dropped rows are named by run_id; its traces
+        # lose the same runs (written first: a crash between leaves traces of runs still listed).
+        gone = group["run_id"].to_arrow()
+        for target in (trace_path(path), path):
+            try:
+                if target != path and not _exists(fs, target):
+                    continue
+                table = pq.read_table(target, filesystem=fs)
+                remaining = table.filter(pc.invert(pc.is_in(table["run_id"], gone)))
+                if remaining.num_rows:
+                    _write_atomic(fs, remaining, target)
+                else:
+                    fs.delete_file(target)
+            except (OSError, pa.ArrowException) as err:
+                raise StoreError(f"cannot rewrite {target}: {_reason(err)}") from err
+    _drop_orphan_traces(out)
     return dropped.height, _finished(index)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _committed_traces(out: str | Path) -> tuple[list[str], list[str]]:
+    """(trace files whose runs file exists, orphans: traces of a chunk whose runs file was never written)."""
+    fs, _ = location(out)
+    paths = files(out, traces=True)
+    runs = set(files(out))
+    committed = [p for p in paths if p.replace(f"/{TRACES}/", "/") in runs]
+    return committed, [p for p in paths if p not in set(committed)]
+
+
+def _drop_orphan_traces(out: str | Path) -> None:
+    fs, _ = location(out)
+    for path in _committed_traces(out)[1]:
+        try:
+            fs.delete_file(path)
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(f"cannot delete the orphan trace file {path}: {_reason(err)}") from err
+
+
+def read_traces(out: str | Path, run_ids: set[str] | None = None) -> pl.DataFrame:
+    """Every committed trace row of a results location (one per run_id and step), sorted by
+    run_id and step; only those of `run_ids` when given. Empty (with the trace columns) when the
+    location has no traces."""
+    paths = _committed_traces(out)[0]
+    empty = pl.from_arrow(TRACE_SCHEMA.empty_table())
+    if not paths:
+        return empty
+    fs, _ = location(out)
+    tables = [pq.read_table(p, filesystem=fs, schema=TRACE_SCHEMA) for p in paths]
+    frame = pl.from_arrow(pa.concat_tables(tables))
+    if run_ids is not None:
+        frame = frame.filter(pl.col("run_id").is_in(list(run_ids)))
+    return frame.unique(["run_id", "step"], keep="first", maintain_order=True).sort(["run_id", "step"])

@@ -75,22 +75,26 @@ def symmetric_pairs(delta: Tensor, order: Tensor, dead: Tensor, threshold: Tenso
 def group_labels(vectors: Tensor, dead: Tensor, threshold: Tensor, odd: bool) -> Tensor:
     """(M, h) group of each neuron: the smallest index in its group, -1 for dead neurons."""
     m, h, _ = vectors.shape
-    norms = vectors.norm(dim=2)
-    dist = torch.cdist(vectors, vectors)
-    if odd:
-        dist = torch.minimum(dist, torch.cdist(vectors, -vectors))
-    scale = torch.maximum(norms[:, :, None], norms[:, None, :])
+    sq = (vectors * vectors).sum(dim=2)                                       # squared norms (M, h)
+    gram = torch.bmm(vectors, vectors.transpose(1, 2))
+    # ||v - w||^2, or min(||v - w||, ||v + w||)^2 for odd activations, from one Gram matrix
+    dist2 = (sq[:, :, None] + sq[:, None, :] - 2 * (gram.abs() if odd else gram)).clamp_min(0)
+    scale2 = torch.maximum(sq[:, :, None], sq[:, None, :])
     live = ~dead
-    link = (dist <= threshold[:, None, None] * scale) & live[:, :, None] & live[:, None, :]
-    reach = link | torch.diag_embed(live)
-    while True:  # transitive closure by repeated squaring: at most log2(h) rounds
-        grown = torch.bmm(reach.float(), reach.float()) > 0
-        if torch.equal(grown, reach):
+    link = (dist2 <= (threshold * threshold)[:, None, None] * scale2) & live[:, :, None] & live[:, None, :]
+    link |= torch.diag_embed(live)
+    # Connected components by min-label propagation: each neuron takes the smallest label among
+    # its links, then its label's label (a shortcut along the chain), until nothing changes;
+    # labels end as each component's smallest index (dead neurons, unlinked, keep h).
+    idx = torch.arange(h, device=vectors.device, dtype=torch.int32).expand(m, h)
+    labels = torch.where(live, idx, h)
+    while True:
+        new = torch.where(link, labels[:, None, :], h).amin(dim=2)
+        new = torch.minimum(new, torch.gather(new, 1, new.clamp_max(h - 1).long()))
+        if torch.equal(new, labels):
             break
-        reach = grown
-    idx = torch.arange(h, device=vectors.device)
-    first = torch.where(reach, idx, h).min(dim=2).values
-    return torch.where(live, first, -1)
+        labels = new
+    return torch.where(live, labels.long(), -1)
 
 
 def partition_string(labels: list[int]) -> str:
@@ -152,11 +156,8 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
         if layer == 0:
             deltas = delta.tolist()
 
-    product = weights[0]
-    for w in weights[1:]:
-        product = torch.bmm(product, w)
     out: dict[str, list] = {
-        "weight_rank": numerical_rank(product, th["rank_tol"], th["rank_atol"]).tolist(),
+        "weight_rank": _product_rank(weights, th).tolist(),
         "layer_weight_rank": torch.stack(
             [numerical_rank(w, th["rank_tol"], th["rank_atol"]) for w in weights], dim=1).tolist(),
     }
@@ -172,3 +173,37 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
         out[f"layer_{key}"] = per_model
     out["deltas"] = deltas
     return out
+
+
+def trace(weights: list[Tensor], biases: list[Tensor], activation: str, th: dict[str, Tensor]) -> dict[str, list]:
+    """The metrics a training trace records (columns.TRACE_METRICS), for M models: the first hidden
+    layer's deltas, n_dos and n_distinct, and weight_rank; cheaper than `measure` (no partition,
+    no representation). th as for `measure`."""
+    weights = [w.double() for w in weights]
+    biases = [b.double() for b in biases]
+    n_models = weights[0].shape[0]
+    if len(weights) < 2:
+        none = [None] * n_models
+        return {"deltas": none, "n_dos": none, "n_distinct": none, "layer_n_dos": none,
+                "weight_rank": _product_rank(weights, th).tolist()}
+    flags = {key: th[key].bool() if key in th else torch.full((n_models,), default, device=weights[0].device)
+             for key, default in (("sign_identify", True), ("delta_relative", False))}
+    odd = activation in ODD
+    sign = flags["sign_identify"] if odd else torch.zeros_like(flags["sign_identify"])
+    vec = neuron_vectors(weights, biases, 0)
+    dead = dead_mask(vec.norm(dim=2), th["dead_threshold"].double(), th["dead_relative"].double())
+    delta, order = neighbour_deltas(vec, sign, flags["delta_relative"])
+    n_dos = symmetric_pairs(delta, order, dead, th["delta_threshold"].double()).sum(dim=1)
+    labels = group_labels(vec, dead, th["distinct_threshold"].double(), odd)
+    distinct = torch.zeros(n_models, vec.shape[1] + 1, dtype=torch.bool, device=vec.device)
+    distinct.scatter_(1, labels.clamp_min(-1) + 1, True)           # column 0 collects the dead (-1)
+    return {"deltas": delta.tolist(), "n_dos": n_dos.tolist(), "n_distinct": distinct[:, 1:].sum(dim=1).tolist(),
+            "layer_n_dos": [None] * n_models, "weight_rank": _product_rank(weights, th).tolist()}
+
+
+def _product_rank(weights: list[Tensor], th: dict[str, Tensor]) -> Tensor:
+    """(M,) numerical rank of W_1 W_2 ... W_D."""
+    product = weights[0]
+    for w in weights[1:]:
+        product = torch.bmm(product, w)
+    return numerical_rank(product, th["rank_tol"], th["rank_atol"])

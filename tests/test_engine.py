@@ -153,10 +153,10 @@ def test_a_batch_that_raises_becomes_failed_rows_and_others_still_run(tiny, monk
     configs = configs_of(tiny(grid={"width": [4, 8]}))
     real_fit = engine.fit
 
-    def flaky(batch, backend=None):
+    def flaky(batch, backend=None, observe=None):
         if batch.weights[0].shape[2] == 4:
             raise RuntimeError("out of memory (simulated)")
-        return real_fit(batch, backend)
+        return real_fit(batch, backend, observe)
 
     monkeypatch.setattr(engine, "fit", flaky)
     rows = {r["width"]: r for r in run_chunk(configs, "cpu")}

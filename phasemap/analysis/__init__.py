@@ -3,6 +3,7 @@
     critical("results/lin", metric="weight_rank", axis="gamma")   # where the metric changes level
     scaling("results/pl", metric="weight_rank", axis="gamma")     # fit m <= C gamma^(-beta)
     trend("results/noise", metric="n_dos", axis="sigma")          # does n_dos grow with sigma?
+    dynamics("results/fig2")                                       # breaks, loss drops, coincidence
 
 Runs. Only runs of status ok with the metric measured are averaged (`n_runs`); the others
 (diverged, failed) are counted per group (`n_excluded`), never silently dropped. A frame without a
@@ -47,8 +48,12 @@ runs of one seed share an initialisation), or of single runs when the group has 
 three seeds (`ci_method`). Along width, `saturation_width` is the smallest width from which on
 every seed-mean lies within `tolerance` (relative) of the widest's, null when only the widest
 does; `growth_last` is the relative growth between the two largest widths.
+
+Dynamics. From the traces of runs with train.record: see phasemap.analysis.dynamics.
 """
 
+from phasemap.analysis.dynamics import (DYNAMICS_SCHEMA, breaking_times, coincidence, drop_times, dynamics,
+                                        recorded_runs, run_dynamics)
 from phasemap.analysis.critical import CRITICAL_SCHEMA, critical, crossings, group_transitions
 from phasemap.analysis.runs import (MIN_SEED_SHARE, OK, PRIMARY_AXES, SEED, AnalysisError, ControlsLeftOut, Curve,
                                     Results, default_metric, drop_log_controls, frame, group_columns,
@@ -56,7 +61,8 @@ from phasemap.analysis.runs import (MIN_SEED_SHARE, OK, PRIMARY_AXES, SEED, Anal
 from phasemap.analysis.scaling import ScalingFit, scaling, scaling_fit, width_saturation
 from phasemap.analysis.trend import TREND_SCHEMA, TrendFit, trend, trend_fit
 
-__all__ = ["CRITICAL_SCHEMA", "MIN_SEED_SHARE", "OK", "PRIMARY_AXES", "SEED", "TREND_SCHEMA", "AnalysisError",
+__all__ = ["CRITICAL_SCHEMA", "DYNAMICS_SCHEMA", "breaking_times", "coincidence", "drop_times", "dynamics",
+           "recorded_runs", "run_dynamics", "MIN_SEED_SHARE", "OK", "PRIMARY_AXES", "SEED", "TREND_SCHEMA", "AnalysisError",
            "ControlsLeftOut", "Curve", "Results", "ScalingFit", "TrendFit", "critical", "crossings", "default_metric",
            "drop_log_controls", "frame", "group_columns", "group_transitions", "independent_axes", "require_columns",
            "scaling", "scaling_fit", "seed_curves", "source", "trend", "trend_fit", "use_log", "varying_axes",

@@ -4,6 +4,7 @@
     phasemap trend results/noise --metric n_dos --axis sigma
     phasemap scaling results/power-law
     phasemap plot results/quickstart --kind phase -o phase.png
+    phasemap dynamics results/fig2
 """
 
 from __future__ import annotations
@@ -85,6 +86,77 @@ def trend(
         sys.stdout.write(json.dumps(table.to_dicts(), indent=2) + "\n")
         return
     _print_table(table)
+
+
+def parse_where(where: list[str] | None) -> dict[str, object]:
+    """--where KEY=VALUE options as {key: value}, the value read as a number where it is one."""
+    out: dict[str, object] = {}
+    for item in where or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. gamma=0.01", param_hint="--where")
+        try:
+            value: object = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                value = text
+        out[key.strip()] = value
+    return out
+
+
+@app.command()
+def dynamics(
+    results: str = typer.Argument(..., help="Results folder or URI."),
+    run: Optional[str] = typer.Option(None, "--run", help="One run: its run_id (or a prefix)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="KEY=VALUE, repeatable: only matching runs."),
+    window: float = typer.Option(0.1, "--window", min=0.0, help="Decades within which a break and a drop "
+                                 "coincide (never less than the record spacing there)."),
+    min_rate: float = typer.Option(1.0, "--min-rate", min=0.0, help="Least log-log rate of fall "
+                                   "(-d ln L / d ln t) of a loss drop."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per run."),
+) -> None:
+    """Symmetry-breaking times, loss drops and how often they coincide, for runs with train.record."""
+    from phasemap.analysis import DYNAMICS_SCHEMA
+    from phasemap.analysis import dynamics as find
+
+    table = analysis_call(find, results, run=run, where=parse_where(where), window=window, min_rate=min_rate)
+    if as_json:
+        for row in table.to_dicts():
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    first = ["run", *[c for c in table.columns if c not in DYNAMICS_SCHEMA and c != "status"], "status"]
+    view = table.with_columns(pl_short_id(), _steps_text("breaks"), _steps_text("drops"))
+    _print_table(view.select(*first, *[c for c in DYNAMICS_SCHEMA if c != "run_id"]))
+    n_breaks, n_drops = int(table["n_breaks"].sum()), int(table["n_drops"].sum())
+    hit = sum((r["coincident"] or 0) * r["n_breaks"] for r in table.iter_rows(named=True))
+    explained = sum((r["explained"] or 0) * r["n_drops"] for r in table.iter_rows(named=True))
+    console.print(f"{table.height} runs: {round(hit)} of {n_breaks} symmetry breakings within {window} decades of a "
+                  f"loss drop; {round(explained)} of {n_drops} loss drops within {window} decades of a breaking",
+                  highlight=False)
+    unsettled = table.filter(pl_col_false("settled")).height
+    if unsettled:
+        console.print(f"{unsettled} run(s) had not settled: their class changed over the last 10% of training",
+                      highlight=False)
+
+
+def pl_short_id():
+    import polars as pl
+
+    return pl.col("run_id").str.slice(0, 8).alias("run")
+
+
+def pl_col_false(name: str):
+    import polars as pl
+
+    return pl.col(name) == False  # noqa: E712 - polars expression, null stays out
+
+
+def _steps_text(column: str):
+    import polars as pl
+
+    return pl.col(column).list.eval(pl.element().cast(pl.String)).list.join(" ").alias(column)
 
 
 @app.command()

@@ -12,7 +12,9 @@ the same small interface (shapes carry a leading model axis M):
 - `forward(params, x, **arch) -> Tensor`: the batched model, (M, B, ...) -> (M, B, d_out),
   differentiable by autograd (the generic backend trains any family through it);
 - `measure(params, x_test, th, **arch) -> dict[str, list]`: the family's symmetry metrics, one
-  list of M values per result column (None where a column does not apply).
+  list of M values per result column (None where a column does not apply);
+- `trace(params, th, **arch) -> dict[str, list]`: the cheaper subset a training trace records at
+  each record step (columns.TRACE_METRICS).
 
     family = models.get(cfg["family"])
     out = family.forward(params, x, **family.arch(cfg))

@@ -49,3 +49,9 @@ def measure(params: list[Tensor], x_test: Tensor, th: dict[str, Tensor], *, n_we
     """phasemap.symmetry's columns for M trained models (columns.METRICS; None where attention's)."""
     out = symmetry.measure(params[:n_weights], params[n_weights:], x_test, activation, th)
     return {key: out.get(key, [None] * params[0].shape[0]) for key in columns.METRICS}
+
+
+def trace(params: list[Tensor], th: dict[str, Tensor], *, n_weights: int, activation: str,
+          bias: bool) -> dict[str, list]:
+    """The trace metrics of M models (columns.TRACE_METRICS), for a record step."""
+    return symmetry.trace(params[:n_weights], params[n_weights:], activation, th)

@@ -138,27 +138,39 @@ def measure(params: list[Tensor], x_test: Tensor, th: dict[str, Tensor], n_layer
     params = [p.double() for p in params]
     n_models = params[0].shape[0]
     tol, atol = th["rank_tol"].double(), th["rank_atol"].double()
-    threshold = th["delta_threshold"].double()[:, None, None]
-    n_dos, qk_rank = [], []
-    for layer in range(n_layers):
-        w_q, w_k = params[3 * layer], params[3 * layer + 1]
-        delta = rotation_deltas(w_q, w_k)                         # (M, heads, d_k)
-        if layer == 0:
-            deltas = delta[:, 0].tolist()
-        n_dos.append((delta < threshold).sum(dim=(1, 2)))
-        qk_rank.append(numerical_rank((w_q @ w_k.transpose(-1, -2)).sum(dim=1), tol, atol))
-    dos = torch.stack(n_dos, dim=1)                               # (M, n_layers)
+    attention = trace(params, th, n_layers, heads, d_k, residual)
+    dos = torch.tensor(attention["layer_n_dos"], dtype=torch.int64).reshape(n_models, n_layers)
+    qk_rank = [numerical_rank((params[3 * layer] @ params[3 * layer + 1].transpose(-1, -2)).sum(dim=1), tol, atol)
+               for layer in range(n_layers)]
     if x_test.dim() == 3:
         x_test = x_test.expand(n_models, *x_test.shape)
     rep = final_token(params, x_test.double(), n_layers, heads, d_k, residual) / x_test.shape[1] ** 0.5
     out: dict[str, list] = {
-        "n_dos": dos[:, 0].tolist(),
+        "n_dos": attention["n_dos"],
         "n_dosb": (heads * d_k - dos[:, 0]).tolist(),
-        "layer_n_dos": dos.tolist(),
+        "layer_n_dos": attention["layer_n_dos"],
         "layer_n_dosb": (heads * d_k - dos).tolist(),
         "layer_qk_rank": torch.stack(qk_rank, dim=1).tolist(),
-        "weight_rank": numerical_rank(params[-1], tol, atol).tolist(),
+        "weight_rank": attention["weight_rank"],
         "rep_rank": numerical_rank(rep, tol, atol).tolist(),
-        "deltas": deltas,
+        "deltas": attention["deltas"],
     }
     return {key: out.get(key, [None] * n_models) for key in columns.METRICS}     # neuron columns: None
+
+
+def trace(params: list[Tensor], th: dict[str, Tensor], n_layers: int, heads: int, d_k: int,
+          residual: bool) -> dict[str, list]:
+    """The trace metrics of M models (columns.TRACE_METRICS), for a record step: measure's
+    attention columns without the representation's rank."""
+    params = [p.double() for p in params]
+    threshold = th["delta_threshold"].double()[:, None, None]
+    n_dos = []
+    for layer in range(n_layers):
+        delta = rotation_deltas(params[3 * layer], params[3 * layer + 1])
+        if layer == 0:
+            deltas = delta[:, 0].tolist()
+        n_dos.append((delta < threshold).sum(dim=(1, 2)))
+    dos = torch.stack(n_dos, dim=1)
+    return {"deltas": deltas, "n_dos": dos[:, 0].tolist(), "n_distinct": [None] * len(deltas),
+            "layer_n_dos": dos.tolist(),
+            "weight_rank": numerical_rank(params[-1], th["rank_tol"].double(), th["rank_atol"].double()).tolist()}
