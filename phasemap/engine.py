@@ -207,9 +207,8 @@ def _fresh_data(configs: list[dict], dtype: torch.dtype, device) -> FreshData:
 
 
 def full_loss(batch: Batch, params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
-    """(1/N) sum_n ||y_n - f(x_n)||^2 per model, (M,)."""
-    out = models.get(batch.family).forward(params, x, **batch.arch)
-    return ((out - y) ** 2).flatten(2).sum(dim=2).mean(dim=1)
+    """(1/N) sum_n ||y_n - f(x_n)||^2 per model, (M,) (backends.data_loss)."""
+    return backends.data_loss(batch.family, batch.arch, params, x, y)
 
 
 class _Minibatches:

@@ -88,6 +88,9 @@ def _library() -> ctypes.CDLL | None:
     fn = lib.phasemap_mlp2_sgd
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 7
+    fn = lib.phasemap_mlp2_loss
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6
     return lib
 
 
@@ -131,6 +134,34 @@ def sgd_steps(x: Tensor, y: Tensor, sample_weight: Tensor, w1: Tensor, w2: Tenso
         codes = [run(0, m)]
     else:
         codes = list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
+    if any(codes):
+        raise ValueError(f"the fused kernel refused activation {activation!r}")
+    return loss
+
+
+def data_loss(x: Tensor, y: Tensor, w1: Tensor, w2: Tensor, activation: str) -> Tensor:
+    """(M,) data loss (1/n) sum_n ||y_n - f(x_n)||^2 of M two-layer networks, nothing updated.
+
+    x (M, n, d), y (M, n, k), w1 (M, d, h), w2 (M, h, k), float32 on the CPU; the forward of
+    sgd_steps (the same tanh approximation), so it agrees with kernels.forward to float rounding.
+    """
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the fused CPU kernel is not available on this machine")
+    x, y, w1, w2 = (t.contiguous() for t in (x, y, w1, w2))
+    m, n, d = x.shape
+    h, k = w1.shape[2], w2.shape[2]
+    loss = torch.empty(m, dtype=x.dtype)
+
+    def run(lo: int, hi: int) -> int:
+        def at(t: Tensor) -> int:
+            return t.data_ptr() + lo * (t.numel() // m) * t.element_size()
+        return lib.phasemap_mlp2_loss(at(x), at(y), at(w1), at(w2), at(loss), hi - lo, n, d, h, k,
+                                      ACTIVATIONS[activation])
+
+    threads = min(torch.get_num_threads(), m)
+    bounds = [m * i // threads for i in range(threads + 1)]
+    codes = [run(0, m)] if threads == 1 else list(_pool(threads).map(run, bounds[:-1], bounds[1:]))
     if any(codes):
         raise ValueError(f"the fused kernel refused activation {activation!r}")
     return loss

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from phasemap import columns, models
+from phasemap import backends, columns, models
 
 Tensor = torch.Tensor
 
@@ -37,8 +37,10 @@ def schedule(record: str | None, steps: int) -> list[int]:
     """
     if not record:
         return []
-    kind, value = record.split(":")
-    n = int(value)
+    kind, _, value = record.partition(":")
+    n = int(value)              # a ValueError for anything but an integer
+    if n < 1:
+        raise ValueError(f"record schedule {record!r}: needs a positive number")
     if kind == "every":
         return sorted(set(range(n, steps + 1, n)) | {steps})
     if kind == "log":
@@ -117,12 +119,9 @@ class Recorder:
     def _loss(self, params: list[Tensor], x: Tensor, y: Tensor, n_stops: int) -> Tensor:
         """(R M,) data loss (1/N) sum_n ||y_n - f(x_n)||^2 of every copy on one data set, a stop at a
         time (the data are the batch's M models', not copied R times)."""
-        m = self.batch.n_models
-        out = []
-        for r in range(n_stops):
-            pred = self.family.forward([p[r * m:(r + 1) * m] for p in params], x, **self.batch.arch)
-            out.append(((pred - y) ** 2).flatten(2).sum(dim=2).mean(dim=1))
-        return torch.cat(out)
+        m, b = self.batch.n_models, self.batch
+        return torch.cat([backends.data_loss(b.family, b.arch, [p[r * m:(r + 1) * m] for p in params], x, y)
+                          for r in range(n_stops)])
 
 
 def settle_change(final: dict, at_settle: dict) -> float | None:

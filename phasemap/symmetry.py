@@ -76,24 +76,33 @@ def group_labels(vectors: Tensor, dead: Tensor, threshold: Tensor, odd: bool) ->
     """(M, h) group of each neuron: the smallest index in its group, -1 for dead neurons."""
     m, h, _ = vectors.shape
     sq = (vectors * vectors).sum(dim=2)                                       # squared norms (M, h)
+    # Linked when ||v - w||^2 = |v|^2 + |w|^2 - 2 v.w <= t^2 max(|v|^2, |w|^2) (for odd activations
+    # with |v.w|: the nearer of w and -w), i.e. -2 v.w <= t^2 max - |v|^2 - |w|^2, from one Gram
+    # matrix and in-place steps (these (M, h, h) passes are most of the cost).
     gram = torch.bmm(vectors, vectors.transpose(1, 2))
-    # ||v - w||^2, or min(||v - w||, ||v + w||)^2 for odd activations, from one Gram matrix
-    dist2 = (sq[:, :, None] + sq[:, None, :] - 2 * (gram.abs() if odd else gram)).clamp_min(0)
-    scale2 = torch.maximum(sq[:, :, None], sq[:, None, :])
+    if odd:
+        gram.abs_()
+    bound = torch.maximum(sq[:, :, None], sq[:, None, :]).mul_((threshold * threshold)[:, None, None])
+    bound.sub_(sq[:, :, None]).sub_(sq[:, None, :])
     live = ~dead
-    link = (dist2 <= (threshold * threshold)[:, None, None] * scale2) & live[:, :, None] & live[:, None, :]
-    link |= torch.diag_embed(live)
+    link = gram.mul_(-2) <= bound
+    link &= live[:, :, None] & live[:, None, :]
+    link &= ~torch.eye(h, dtype=torch.bool, device=vectors.device)
     # Connected components by min-label propagation: each neuron takes the smallest label among
-    # its links, then its label's label (a shortcut along the chain), until nothing changes;
-    # labels end as each component's smallest index (dead neurons, unlinked, keep h).
-    idx = torch.arange(h, device=vectors.device, dtype=torch.int32).expand(m, h)
-    labels = torch.where(live, idx, h)
-    while True:
-        new = torch.where(link, labels[:, None, :], h).amin(dim=2)
-        new = torch.minimum(new, torch.gather(new, 1, new.clamp_max(h - 1).long()))
-        if torch.equal(new, labels):
-            break
-        labels = new
+    # itself and its links, then its label's label (a shortcut along the chain), until nothing
+    # changes; labels end as each component's smallest index. Only models with a link need it
+    # (early in training, from a random init, most have none).
+    labels = torch.arange(h, device=vectors.device, dtype=torch.int32).expand(m, h).clone()
+    linked = link.flatten(1).any(dim=1).nonzero().flatten()
+    if len(linked):
+        sub, lab = link[linked], labels[linked]
+        while True:
+            new = torch.minimum(lab, torch.where(sub, lab[:, None, :], h).amin(dim=2))
+            new = torch.minimum(new, torch.gather(new, 1, new.long()))
+            if torch.equal(new, lab):
+                break
+            lab = new
+        labels[linked] = lab
     return torch.where(live, labels.long(), -1)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from phasemap import engine, fused
+from phasemap import backends, engine, fused, kernels
 
 from conftest import configs_of, reference_fit
 
@@ -134,3 +134,16 @@ def test_a_short_last_block_is_padded_for_a_backend_that_compiles_per_shape(tiny
                              grid={"gamma": [0.0, 0.01, 0.1, 0.2, 0.3], "seed": {"range": 4}}))
     padded = run_chunk(deeper, "cpu", max_models=8)
     assert len(padded) == 20 and {r["batch_models"] for r in padded} == {8}
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_the_kernels_loss_is_the_torch_forwards_loss(activation):
+    # backends.data_loss takes the C++ forward for these networks: the runs' and traces' losses.
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(5, 37, 4, generator=gen), torch.randn(5, 37, 2, generator=gen)
+    w1, w2 = torch.randn(5, 4, 19, generator=gen), torch.randn(5, 19, 2, generator=gen)
+    expected = ((kernels.forward([w1, w2], [], x, activation)[0] - y) ** 2).sum(dim=2).mean(dim=1)
+    got = fused.data_loss(x, y, w1, w2, activation)
+    assert torch.allclose(got, expected, rtol=1e-5), (got, expected)
+    assert torch.equal(backends.data_loss("mlp", {"n_weights": 2, "activation": activation, "bias": False},
+                                          [w1, w2], x, y), got)

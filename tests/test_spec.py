@@ -105,6 +105,14 @@ MALFORMED = [
     ("linear-key-on-mlp-in-grid", GOOD + "  whiten: [true]\n", "grid.whiten: value True: task.whiten: does not apply to teacher: mlp"),
     ("teacher-axis-leaves-a-key-behind", edit(GOOD, "teacher_rank: 3, ", "") + "  teacher_rank: [3]\n"
      "  teacher: [mlp, identity]\n", "task.teacher_rank: does not apply to teacher: identity"),
+    ("record-not-a-mapping", edit(GOOD, "steps: 20", "steps: 20, record: 5"), "train.record: expected {every: K}"),
+    ("record-both-kinds", edit(GOOD, "steps: 20", "steps: 20, record: {every: 5, log: 3}"), "train.record"),
+    ("record-every-zero", edit(GOOD, "steps: 20", "steps: 20, record: {every: 0}"), "train.record.every"),
+    ("record-every-past-steps", edit(GOOD, "steps: 20", "steps: 20, record: {every: 50}"), "train.record: every 50"),
+    ("record-log-one-point", edit(GOOD, "steps: 20", "steps: 20, record: {log: 1}"), "train.record.log"),
+    ("record-log-past-steps", edit(GOOD, "steps: 20", "steps: 20, record: {log: 30}"), "train.record: log 30"),
+    ("record-log-float", edit(GOOD, "steps: 20", "steps: 20, record: {log: 2.5}"), "train.record.log"),
+    ("record-as-axis", GOOD + "  record: [1, 2]\n", "grid.record"),
     ("teacher-axis-against-the-section", GOOD + "  teacher: [mlp, identity]\n",
      "grid.teacher: value 'identity': task.teacher_rank: does not apply to teacher: identity"),
 ]

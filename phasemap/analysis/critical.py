@@ -179,7 +179,22 @@ def _flat(curve: Curve, metric: str) -> dict:
 
 CRITICAL_SCHEMA = {"from": pl.Int64, "to": pl.Int64, "critical": pl.Float64, "ci_low": pl.Float64,
                    "ci_high": pl.Float64, "resolved": pl.Boolean, "n_runs": pl.Int64,
-                   "n_excluded": pl.Int64, "note": pl.String}
+                   "n_excluded": pl.Int64, "n_unsettled": pl.Int64, "note": pl.String}
+
+
+class UnsettledRuns(UserWarning):
+    """Runs in a critical point's bracket whose class was still changing when training ended."""
+
+
+def _unsettled(data: pl.DataFrame, groups: list[str], axis: str, row: dict) -> int | None:
+    """Runs of the row's group with the axis in its CI whose class changed over the last 10% of
+    training (settled false); None for results written before phasemap measured `settled`."""
+    if "settled" not in data.columns or row["ci_low"] is None:
+        return None
+    near = data.filter(pl.col(axis).is_between(row["ci_low"], row["ci_high"]) & (pl.col("settled") == False))  # noqa: E712
+    for g in groups:
+        near = near.filter(pl.col(g).is_null() if row[g] is None else pl.col(g) == row[g])
+    return near.height
 
 
 def critical(results: Results, metric: str, axis: str, by: list[str] | None = None, n_boot: int = 200,
@@ -187,16 +202,25 @@ def critical(results: Results, metric: str, axis: str, by: list[str] | None = No
     """Every point along `axis` where `metric` changes level, per group, with honest CIs.
 
     Columns: the group's values, `from`, `to`, `critical`, `ci_low`, `ci_high`, `resolved`,
-    `n_runs` (ok runs averaged), `n_excluded` (diverged or failed runs of the group), `note`.
+    `n_runs` (ok runs averaged), `n_excluded` (diverged or failed runs of the group),
+    `n_unsettled` (runs in the CI whose class was still changing over the last 10% of training:
+    critical slowing down biases a boundary they sit on; null for results without `settled`),
+    `note`. An UnsettledRuns warning names how many rows have such runs.
 
         critical("results/linear-rank", "weight_rank", "gamma").filter(pl.col("resolved"))
     """
-    data, metric, groups, _ = load(results, metric, axis, by)   # controls left out: warned
+    data, metric, groups, _ = load(results, metric, axis, by, extra=("settled",))   # controls left out: warned
     log = use_log(data[axis].unique().to_numpy().astype(float))
     rng = np.random.default_rng(seed)
     rows = []
     for key, curve in seed_curves(data, metric, axis, groups).items():
         for row in group_transitions(curve, axis, log, n_boot, rng, min_seed_share) or [_flat(curve, metric)]:
-            rows.append({**dict(zip(groups, key)), **row, "n_runs": curve.n_runs, "n_excluded": curve.n_excluded})
+            row = {**dict(zip(groups, key)), **row, "n_runs": curve.n_runs, "n_excluded": curve.n_excluded}
+            rows.append({**row, "n_unsettled": _unsettled(data, groups, axis, row)})
+    unsettled = [r for r in rows if r["n_unsettled"]]
+    if unsettled:
+        warnings.warn(f"{len(unsettled)} critical point(s) have runs in their CI whose class was still changing over "
+                      f"the last 10% of training ({sum(r['n_unsettled'] for r in unsettled)} runs, column "
+                      "n_unsettled): train longer before trusting those boundaries", UnsettledRuns, stacklevel=2)
     schema = {g: data.schema[g] for g in groups} | CRITICAL_SCHEMA
     return pl.DataFrame(rows, schema=schema).sort([*groups, "critical", "ci_low"], nulls_last=True)

@@ -64,6 +64,21 @@ def check(backend: Backend, family: str, arch: dict, optimizer: str, device, dty
         raise ValueError(f"backend {backend.name} cannot train this batch: {reason}")
 
 
+def data_loss(family: str, arch: dict, params: list[Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """(M,) data loss (1/N) sum_n ||y_n - f(x_n)||^2 of M models on one data set each: the C++
+    forward where the fused kernel covers the network, else the family's forward (the losses of
+    the runs table and of the traces both come from here)."""
+    # The kernel's forward does not depend on the optimizer: ask about it as for SGD.
+    if _registry()["fused"].supports(family, arch, "sgd", x.device, x.dtype) is None:
+        from phasemap import fused
+
+        return fused.data_loss(x, y, params[0], params[1], arch["activation"])
+    from phasemap import models
+
+    out = models.get(family).forward(params, x, **arch)
+    return ((out - y) ** 2).flatten(2).sum(dim=2).mean(dim=1)
+
+
 def choose(family: str, arch: dict, optimizer: str, device, dtype, work: float) -> Backend:
     """The fused C++ kernel where it applies; for other MLPs the hand-written step, compiled
     when the batch's work dwarfs inductor's compile time (seconds, cached on disk); else autograd."""

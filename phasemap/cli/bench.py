@@ -19,12 +19,23 @@ def bench(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPU worker processes (default: one per core)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Force the step: fused, compiled, eager or autograd (default: the fastest that applies)."),
     baseline: int = typer.Option(8, "--baseline", min=0, help="Configs for the naive baseline (0: skip it)."),
+    record: Optional[str] = typer.Option(None, "--record", help="Record every engine config's training, as "
+                                         "train.record would: log:N or every:K (e.g. log:100)."),
     analysis: bool = typer.Option(False, "--analysis", help="Time the analysis on synthetic rows instead."),
     rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Benchmark the engine on sweeps/bench/ref-mlp.yaml against one-config-per-trial Ray Tune, or on
     ref-transformer.yaml against one model at a time (--family transformer)."""
+    def with_record(configs: list[dict], record: str) -> list[dict]:
+        from phasemap.recording import schedule
+
+        try:
+            schedule(record, configs[0]["steps"])
+        except ValueError:
+            fail(f"--record: {record!r} is not log:N or every:K")
+        return [{**c, "record": record} for c in configs]
+
     from phasemap.bench import REFERENCES, analysis_bench, baseline_bench, engine_bench, load_configs, one_at_a_time_bench
 
     if analysis:
@@ -46,7 +57,10 @@ def bench(
     if backend == "fused" and device != "cpu":
         fail("--backend fused runs on the CPU only")
     reference = REFERENCES[family]
-    result = {"engine": engine_bench(load_configs(reference, configs), device, workers, backend)}
+    engine_configs = load_configs(reference, configs)
+    if record is not None:
+        engine_configs = with_record(engine_configs, record)
+    result = {"engine": engine_bench(engine_configs, device, workers, backend)}
     if baseline and family == "transformer":     # per core: the engine's workers are single-threaded
         result["baseline"] = one_at_a_time_bench(load_configs(reference, baseline))
         per_core = result["engine"]["runs_per_s"] / result["engine"]["workers"]

@@ -193,7 +193,60 @@ float train_one(const float* x, const float* y, const float* sw, float* w1, floa
   return loss;
 }
 
+// One model's data loss (1/n) sum_n ||y_n - f(x_n)||^2 on padded weights, no update: train_one's
+// forward phases alone (a training trace measures it at every record step).
+template <int A>
+float loss_one(const float* x, const float* y, const float* w1, const float* w2, int n, int d, int hp, int k,
+               float* hid) {
+  double total = 0.0;
+  for (int i0 = 0; i0 < n; i0 += BLOCK) {
+    const int nb = std::min(BLOCK, n - i0);
+    multiply<6, false>(x + i0 * d, nb, d, 1, w1, d, hp, hid);
+    activate<A>(hid, nb * hp);
+    for (int b = 0; b < nb; ++b) {
+      const float* hb = hid + b * hp;
+      for (int o = 0; o < k; ++o) {
+        v8 acc0 = splat(0.f), acc1 = acc0;
+        for (int j = 0; j < hp; j += 2 * L) {
+          acc0 += load(hb + j) * load(w2 + o * hp + j);
+          acc1 += load(hb + j + L) * load(w2 + o * hp + j + L);
+        }
+        const float e = hsum(acc0 + acc1) - y[(i0 + b) * k + o];
+        total += double(e) * e;
+      }
+    }
+  }
+  return float(total / n);
+}
+
+// Copies model mi's weights into the padded buffers (w2 transposed, (k, hp)).
+void pad_weights(const float* W1, const float* W2, int64_t d, int64_t h, int64_t k, int hp, std::vector<float>& pw1,
+                 std::vector<float>& pw2) {
+  std::fill(pw1.begin(), pw1.end(), 0.f);
+  std::fill(pw2.begin(), pw2.end(), 0.f);
+  for (int c = 0; c < d; ++c)
+    for (int j = 0; j < h; ++j) pw1[c * hp + j] = W1[c * h + j];
+  for (int j = 0; j < h; ++j)
+    for (int o = 0; o < k; ++o) pw2[o * hp + j] = W2[j * k + o];
+}
+
 }  // namespace
+
+// x (m, n, d), y (m, n, k), w1 (m, d, h), w2 (m, h, k), loss (m,): contiguous float32. Writes each
+// model's data loss (1/n) sum_n ||y_n - f(x_n)||^2; nothing is updated. Returns 0, or 1 for an
+// unknown activation.
+extern "C" int phasemap_mlp2_loss(const float* x, const float* y, const float* w1, const float* w2, float* loss,
+                                  int64_t m, int64_t n, int64_t d, int64_t h, int64_t k, int64_t activation) {
+  if (activation != TANH && activation != RELU) return 1;
+  const int hp = (h + 2 * L - 1) / (2 * L) * (2 * L);
+  std::vector<float> pw1(d * hp), pw2(k * hp), hid(BLOCK * hp);
+  auto evaluate = activation == TANH ? loss_one<TANH> : loss_one<RELU>;
+  for (int64_t mi = 0; mi < m; ++mi) {
+    pad_weights(w1 + mi * d * h, w2 + mi * h * k, d, h, k, hp, pw1, pw2);
+    loss[mi] = evaluate(x + mi * n * d, y + mi * n * k, pw1.data(), pw2.data(), n, d, hp, k, hid.data());
+  }
+  return 0;
+}
 
 // x (m, n, d), y (m, n, k), sample_weight (m, n), w1 (m, d, h), w2 (m, h, k), lr, gamma and loss
 // (m,): contiguous float32. Updates w1 and w2 in place and writes the data loss of the last step.
@@ -212,12 +265,7 @@ extern "C" int phasemap_mlp2_sgd(const float* x, const float* y, const float* sa
   for (int64_t mi = 0; mi < m; ++mi) {
     float* W1 = w1 + mi * d * h;
     float* W2 = w2 + mi * h * k;
-    std::fill(pw1.begin(), pw1.end(), 0.f);
-    std::fill(pw2.begin(), pw2.end(), 0.f);
-    for (int c = 0; c < d; ++c)
-      for (int j = 0; j < h; ++j) pw1[c * hp + j] = W1[c * h + j];
-    for (int j = 0; j < h; ++j)
-      for (int o = 0; o < k; ++o) pw2[o * hp + j] = W2[j * k + o];
+    pad_weights(W1, W2, d, h, k, hp, pw1, pw2);
     loss[mi] = train(x + mi * n * d, y + mi * n * k, sample_weight + mi * n, pw1.data(), pw2.data(), n, d, hp,
                      k, lr[mi], gamma[mi], steps, hid.data(), grad.data(), gw1.data(), gw2.data(), err.data());
     for (int c = 0; c < d; ++c)
