@@ -142,6 +142,16 @@ void multiply(const float* a, int rows, int sa, int si, const float* b, int n, i
   }
 }
 
+// sum_j a[j] b[j] over hp floats (a multiple of 16), in two vector accumulators.
+inline float dot(const float* a, const float* b, int hp) {
+  v8 acc0 = splat(0.f), acc1 = acc0;
+  for (int j = 0; j < hp; j += 2 * L) {
+    acc0 += load(a + j) * load(b + j);
+    acc1 += load(a + j + L) * load(b + j + L);
+  }
+  return hsum(acc0 + acc1);
+}
+
 constexpr int BLOCK = 32;  // samples per block: its hidden and gradient rows stay in L1
 
 // One model: `steps` SGD steps on padded weights w1 (d, hp) and w2 stored transposed (k, hp);
@@ -167,12 +177,7 @@ float train_one(const float* x, const float* y, const float* sw, float* w1, floa
         const int i = i0 + b;
         const float* hb = hid + b * hp;
         for (int o = 0; o < k; ++o) {
-          v8 acc0 = splat(0.f), acc1 = acc0;
-          for (int j = 0; j < hp; j += 2 * L) {
-            acc0 += load(hb + j) * load(w2 + o * hp + j);
-            acc1 += load(hb + j + L) * load(w2 + o * hp + j + L);
-          }
-          const float e = hsum(acc0 + acc1) - y[i * k + o];
+          const float e = dot(hb, w2 + o * hp, hp) - y[i * k + o];
           loss += sw[i] * e * e;
           err[b * k + o] = 2.f * sw[i] * e;
         }
@@ -206,12 +211,7 @@ float loss_one(const float* x, const float* y, const float* w1, const float* w2,
     for (int b = 0; b < nb; ++b) {
       const float* hb = hid + b * hp;
       for (int o = 0; o < k; ++o) {
-        v8 acc0 = splat(0.f), acc1 = acc0;
-        for (int j = 0; j < hp; j += 2 * L) {
-          acc0 += load(hb + j) * load(w2 + o * hp + j);
-          acc1 += load(hb + j + L) * load(w2 + o * hp + j + L);
-        }
-        const float e = hsum(acc0 + acc1) - y[(i0 + b) * k + o];
+        const float e = dot(hb, w2 + o * hp, hp) - y[(i0 + b) * k + o];
         total += double(e) * e;
       }
     }
