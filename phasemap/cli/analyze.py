@@ -199,22 +199,31 @@ def scaling(
 @app.command()
 def plot(
     results: str = typer.Argument(..., help="Results folder or URI."),
-    kind: str = typer.Option("phase", "--kind", help="phase, scaling, width, loss or trend."),
-    x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma)."),
-    y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), or the series (loss)."),
+    kind: str = typer.Option("phase", "--kind", help="phase, scaling, width, loss, trend; from runs with "
+                             "train.record: dynamics (one run's Δ and loss over training, breaks and drops "
+                             "marked) or trajectories (a metric over training, every recorded run)."),
+    x: Optional[str] = typer.Option(None, "--x", help="Horizontal axis (default: gamma; step for dynamics and "
+                                    "trajectories)."),
+    y: Optional[str] = typer.Option(None, "--y", help="Vertical axis (phase), the series (loss), or the color "
+                                    "axis (trajectories; default: the first varying axis)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="What the figure measures (default: weight_rank "
-                                         "for linear students, else n_distinct); phase also takes symmetry_class."),
+                                         "for linear students, else n_distinct); phase also takes symmetry_class; "
+                                         "trajectories: n_distinct, n_dos, weight_rank, train_loss or test_loss."),
     color: Optional[str] = typer.Option(None, "--color", help="Alias of --metric for the phase diagram's color."),
     facet: Optional[str] = typer.Option(None, "--facet", help="A third axis: one panel per value (phase)."),
     by: Optional[list[str]] = typer.Option(None, "--by", help="Group columns, one color each (trend; "
                                            "comma-separated or repeated; default: the other axes)."),
+    run: Optional[str] = typer.Option(None, "--run", help="The run of a dynamics plot: its run_id (or a prefix; "
+                                      "default: the first that `phasemap dynamics` lists)."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help="KEY=VALUE, repeatable: only matching "
+                                              "recorded runs (dynamics, trajectories)."),
     out: Path = typer.Option(..., "-o", "--out", help="Figure file: .png, .svg or .pdf."),
 ) -> None:
-    """Draw a phase diagram, a scaling plot, a width-saturation plot, loss curves or a trend."""
+    """Draw a phase diagram, a scaling plot, a width-saturation plot, loss curves, a trend, or training dynamics."""
     from phasemap.plots import plot as draw
 
     path = analysis_call(draw, results, kind, out, x=x, y=y, color=color, facet=facet, metric=metric,
-                         by=_columns(by))
+                         by=_columns(by), run=run, where=parse_where(where))
     console.print(f"wrote {path}")
 
 

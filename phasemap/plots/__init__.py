@@ -8,7 +8,14 @@ the seeds' agreement shown, critical points with their CIs overlaid, optional fa
 axis), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
 bootstrap band), `width` (metric against width, one line per gamma), `loss` (train and test loss
 along an axis), `trend` (runs, seed means and the least-squares line with its bootstrap band along
-one axis, one color per group of the other axes, rho and the slope with their CIs). Default axes
+one axis, one color per group of the other axes, rho and the slope with their CIs), and, from the
+traces of runs with train.record, `dynamics` (the paper's Fig. 2 for one run: Δ of every
+norm-neighbour pair over training with its threshold, the train and test loss below, dotted lines
+at the symmetry-breaking times and triangles at the loss drops of analysis.dynamics; when --run /
+--where match several runs the first that `phasemap dynamics` lists is drawn and the title says
+how many matched) and `trajectories` (a metric over training, n_distinct by default, or n_dos,
+weight_rank, train_loss, test_loss, one thin line per recorded run colored by a varying axis).
+`run` and `where` choose the runs of those two and are refused for the others. Default axes
 are the swept knobs, never columns derived from them (batch_size along temperature); the default
 metric is `analysis.default_metric`. Diverged and failed runs are never averaged in silently:
 they are counted in the title and marked where they happened, and a value where fewer than half
@@ -21,15 +28,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from phasemap.analysis import SEED, AnalysisError, default_metric, independent_axes, source
-from phasemap.plots.data import MAX_GROUPS, loss_data, phase_data, scaling_data, trend_data, width_data
-from phasemap.plots.draw import (LABELS, cell_edges, draw_loss, draw_phase, draw_scaling, draw_trend, draw_width,
-                                 label)
+from phasemap.plots.data import (MAX_GROUPS, TRAJECTORY_METRICS, dynamics_data, loss_data, phase_data, scaling_data,
+                                 trajectories_data, trend_data, width_data)
+from phasemap.plots.draw import (LABELS, cell_edges, draw_dynamics, draw_loss, draw_phase, draw_scaling,
+                                 draw_trajectories, draw_trend, draw_width, label)
 
-__all__ = ["KINDS", "LABELS", "MAX_GROUPS", "cell_edges", "default_axes", "draw_loss", "draw_phase", "draw_scaling",
-           "draw_trend", "draw_width", "label", "loss_data", "phase_data", "plot", "scaling_data", "trend_data",
-           "width_data"]
+__all__ = ["KINDS", "LABELS", "MAX_GROUPS", "TRAJECTORY_METRICS", "cell_edges", "default_axes", "draw_dynamics",
+           "draw_loss", "draw_phase", "draw_scaling", "draw_trajectories", "draw_trend", "draw_width",
+           "dynamics_data", "label", "loss_data", "phase_data", "plot", "scaling_data", "trajectories_data",
+           "trend_data", "width_data"]
 
-KINDS = ("phase", "scaling", "width", "loss", "trend")
+KINDS = ("phase", "scaling", "width", "loss", "trend", "dynamics", "trajectories")
+TRACED = ("dynamics", "trajectories")    # drawn from the traces of recorded runs
 
 def default_axes(results) -> list[str]:
     """The axes a figure uses when none are given: swept knobs, gamma first, no derived columns."""
@@ -39,12 +49,16 @@ def default_axes(results) -> list[str]:
 
 def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | None = None,
          color: str | None = None, facet: str | None = None, metric: str | None = None,
-         by: list[str] | None = None) -> Path:
+         by: list[str] | None = None, run: str | None = None, where: dict[str, object] | None = None) -> Path:
     """Compute and draw one figure; the format follows out's suffix (.png, .svg, .pdf).
 
     `metric` is what the figure measures (phase: the color; `color` is its alias there);
     by default `analysis.default_metric`. `by` (trend only) names the group columns, one color
-    each; by default the other varying axes.
+    each; by default the other varying axes. `run` (a run_id or its prefix; dynamics) and `where`
+    ({column: value}; dynamics, trajectories) choose recorded runs; `y` is the color axis of
+    trajectories.
+
+        plot("results/fig2", kind="dynamics", run="fbf8a57f", out="fig2.png")
     """
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
@@ -55,6 +69,38 @@ def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | Non
         raise AnalysisError("--by chooses the groups of a trend plot; use it with --kind trend")
     if metric and color and metric != color:
         raise AnalysisError("give the metric once: --metric and --color name different columns")
+    if (run is not None or where) and kind not in TRACED:
+        raise AnalysisError("--run and --where choose recorded runs; use them with --kind dynamics or trajectories")
+    if kind in TRACED:
+        fig = _plot_traced(results, kind, x, y, metric or color, facet, run, where)
+    else:
+        fig = _plot_runs(results, kind, x, y, metric, color, facet, by)
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=200)
+    plt.close(fig)
+    return out
+
+
+def _plot_traced(results, kind: str, x: str | None, y: str | None, metric: str | None, facet: str | None,
+                 run: str | None, where: dict[str, object] | None):
+    """The figure of a kind drawn from traces, after refusing the options it does not read."""
+    if facet is not None or x not in (None, "step"):
+        raise AnalysisError(f"a {kind} plot is drawn along the training step; it takes no --x or --facet")
+    if kind == "dynamics":
+        if metric is not None or y is not None:
+            raise AnalysisError("a dynamics plot always shows Δ and the loss; it takes no --metric, --color or --y")
+        return draw_dynamics(dynamics_data(results, run, where))
+    if run is not None:
+        raise AnalysisError("--run chooses the one run of a dynamics plot; a trajectories plot draws every "
+                            "recorded run (narrow them with --where)")
+    return draw_trajectories(trajectories_data(results, metric, y, where))
+
+
+def _plot_runs(results, kind: str, x: str | None, y: str | None, metric: str | None, color: str | None,
+               facet: str | None, by: list[str] | None):
+    """The figure of a kind drawn from the runs table."""
     lazy = source(results)
     metric = metric or color or (default_metric(lazy) if kind != "loss" else None)
     if kind == "phase":
@@ -79,9 +125,4 @@ def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | Non
         x = x or "gamma"
         y = y or next((a for a in default_axes(lazy) if a != x), None)   # one series per value, not pooled
         fig = draw_loss(loss_data(lazy, x, y), x, y)
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=200)
-    plt.close(fig)
-    return out
+    return fig

@@ -6,11 +6,13 @@ import numpy as np
 import polars as pl
 
 from phasemap import store
-from phasemap.analysis import (MIN_SEED_SHARE, OK, SEED, AnalysisError, critical, frame, require_columns,
-                               scaling_fit, trend_fit, use_log)
+from phasemap.analysis import (MIN_SEED_SHARE, OK, SEED, AnalysisError, critical, frame, independent_axes,
+                               recorded_runs, require_columns, run_dynamics, scaling_fit, trend_fit, use_log)
+from phasemap.analysis.dynamics import traces
 
 MAX_CLASSES = 9  # the most frequent symmetry classes get their own color, the rest are "other"
 MAX_GROUPS = 8   # lines in a trend plot: more colors than this cannot be told apart
+TRAJECTORY_METRICS = ("n_distinct", "n_dos", "weight_rank", "train_loss", "test_loss")  # scalar trace columns
 
 def _run_counts(value: str | None = None) -> list[pl.Expr]:
     """Per group: all runs, runs usable (ok with a value), diverged and failed runs."""
@@ -175,3 +177,84 @@ def trend_data(results, x: str, metric: str | None = None, by: list[str] | None 
             "metric": metric, "log_x": fit.log, "n_runs": data.height,
             "n_diverged": int((data["status"] == "diverged").sum()),
             "n_failed": int((data["status"] == "failed").sum())}
+
+
+def _run_axes(runs: pl.DataFrame) -> list[str]:
+    """The columns that tell these runs apart, as `phasemap dynamics` lists them: the varying
+    knobs, then seed."""
+    axes = [a for a in independent_axes(runs) if a in runs.columns]
+    if SEED in runs.columns and SEED not in axes and runs[SEED].n_unique() > 1:
+        axes.append(SEED)
+    return axes
+
+
+def _diverged_at(steps: np.ndarray, loss: np.ndarray) -> int | None:
+    """The first record step whose loss is not finite (inf, or null once the weights are)."""
+    lost = np.flatnonzero(~np.isfinite(loss))
+    return int(steps[lost[0]]) if lost.size else None
+
+
+def dynamics_data(results, run: str | None = None, where: dict[str, object] | None = None) -> dict:
+    """One recorded run's trace: steps (S,), deltas (S, P) (NaN where not measured), train and
+    test loss (S,), its delta_threshold, and run_dynamics' breaks (one step per breaking pair),
+    `break_steps` (the distinct ones) and drops.
+
+    When --run / --where match several runs, the first with a trace as `phasemap dynamics` lists
+    them (by the varying axes, then seed) is shown and `n_matched` says how many matched (a
+    failed run recorded nothing).
+    """
+    runs = recorded_runs(results, run, where)
+    axes = _run_axes(frame(results, ok_only=False).filter(pl.col("record").is_not_null()))
+    rows = traces(results, runs)
+    traced = runs.filter(pl.col("run_id").is_in(rows["run_id"].unique().to_list()))
+    if traced.height == 0:
+        raise AnalysisError(f"the {runs.height} matching run(s) recorded nothing (status "
+                            f"{', '.join(sorted(set(runs['status'].to_list())))}); choose another with --run")
+    row = traced.sort([*axes, "run_id"]).row(0, named=True)
+    trace = rows.filter(pl.col("run_id") == row["run_id"]).sort("step")
+    steps = trace["step"].to_numpy()
+    width = max((len(d) for d in trace["deltas"].to_list() if d is not None), default=0)
+    deltas = np.array([d if d is not None else [np.nan] * width for d in trace["deltas"].to_list()],
+                      dtype=float).reshape(len(steps), width)
+    loss = {c: trace[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in ("train_loss", "test_loss")}
+    found = run_dynamics(trace, row["delta_threshold"])
+    return {"run_id": row["run_id"], "status": row["status"], "axes": {a: row[a] for a in axes},
+            "n_matched": runs.height, "steps": steps, "deltas": deltas, **loss, "threshold": row["delta_threshold"],
+            "breaks": found["breaks"], "break_steps": sorted(set(found["breaks"])), "drops": found["drops"],
+            "coincident": found["coincident"], "explained": found["explained"],
+            "diverged_at": _diverged_at(steps, loss["train_loss"]) if row["status"] == "diverged" else None}
+
+
+def trajectories_data(results, metric: str | None = None, hue: str | None = None,
+                      where: dict[str, object] | None = None) -> dict:
+    """A trace metric over training for every recorded run (after --where): `lines`, one row per
+    run with its hue value, seed, status and the lists `step` and `value` (record steps where the
+    metric was measured and finite). The metric defaults to n_distinct, or n_dos where no run
+    has neurons (transformers); the hue to the first varying axis (gamma first), none when only
+    seeds vary."""
+    runs = recorded_runs(results, None, where)
+    if metric is not None and metric not in TRAJECTORY_METRICS:
+        raise AnalysisError(f"metric {metric!r} is not traced over training; use one of "
+                            + ", ".join(TRAJECTORY_METRICS))
+    if hue is not None and (hue not in runs.columns or hue in ("run_id", "status")):
+        raise AnalysisError(f"color axis {hue!r} (--y) is not a config column of these results")
+    axes = _run_axes(runs)
+    hue = hue or next((a for a in sorted(axes, key=lambda a: a != "gamma") if a != SEED), None)
+    rows = traces(results, runs)
+    if metric is None:
+        metric = "n_distinct" if rows["n_distinct"].null_count() < rows.height else "n_dos"
+    if rows.height == 0 or rows[metric].null_count() == rows.height:
+        raise AnalysisError(f"no recorded run measured {metric} over training")
+    keep = list(dict.fromkeys(["run_id", *([hue] if hue else []), *([SEED] if SEED in runs.columns else []), "status"]))
+    lines = (rows.filter(pl.col(metric).cast(pl.Float64).is_finite())     # a diverging loss ends at inf
+             .group_by("run_id", maintain_order=True)
+             .agg(pl.col("step"), pl.col(metric).cast(pl.Float64).alias("value"))
+             .join(runs.select(keep), on="run_id")
+             .sort([c for c in (hue, SEED, "run_id") if c]))
+    log_y = metric in ("train_loss", "test_loss")
+    if log_y:
+        lines = lines.with_columns(pl.col("value").list.eval(pl.when(pl.element() > 0).then(pl.element())))
+    return {"lines": lines, "metric": metric, "hue": hue, "log_y": log_y,
+            "log_hue": hue is not None and runs.schema[hue].is_numeric() and use_log(runs[hue].unique().to_numpy()),
+            "n_runs": runs.height, "n_diverged": int((runs["status"] == "diverged").sum()),
+            "n_failed": int((runs["status"] == "failed").sum())}

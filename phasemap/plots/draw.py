@@ -17,6 +17,7 @@ LABELS = {
 }
 SYMBOLS = {"gamma": "γ", "temperature": "T", "sigma": "σ", "lr": "η", "batch_size": "S"}   # in legends
 MAX_LINES = 7    # lines in a width plot
+MAX_GROUPS_SHOWN = 8  # hue values of a trajectories plot listed in a legend; more get a color bar
 MAX_ROWS = 12    # up to this many y values a phase diagram draws one equal row per value
 MAX_COUNTS = 12  # grid values per axis up to which a class map writes the agreement count into cells
 DIVERGED = {"marker": "x", "color": "#d62728", "ms": 6, "mew": 1.6, "ls": "none"}
@@ -413,4 +414,135 @@ def draw_trend(data: dict):
     note = _excluded_title(data["n_runs"], data["n_diverged"], data["n_failed"])
     if note:
         fig.suptitle(note, fontsize=8, color=DIVERGED["color"])
+    return fig
+
+
+def _axes_text(axes: dict) -> str:
+    return ", ".join(f"{SYMBOLS.get(k, k)} = {_value(v)}" for k, v in axes.items())
+
+
+def _break_lines(ax, steps: list[int]) -> None:
+    for i, s in enumerate(steps):
+        ax.axvline(s, color="black", ls=":", lw=1.0, zorder=1, label="symmetry breaking" if i == 0 else None)
+
+
+def _log_extent(*arrays) -> np.ndarray:
+    """The range of the finite values > 0 of these arrays (what a log axis shows), 10% wider on
+    each side so that lines at the extremes do not run along the frame; [1, 10] if none."""
+    values = np.concatenate([np.ravel(np.asarray(a, dtype=float)) for a in arrays])
+    values = values[np.isfinite(values) & (values > 0)]
+    return np.array([values.min() / 1.1, values.max() * 1.1]) if values.size else np.array([1.0, 10.0])
+
+
+def draw_dynamics(data: dict):
+    """The paper's Fig. 2 for one run: Δ of every norm-neighbour pair over training above, the
+    loss below, dotted lines at the breaking times, triangles at the loss drops; the step axis
+    starts a decade before the first break or drop."""
+    plt, sns = _style()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.2), sharex=True, constrained_layout=True,
+                                      gridspec_kw={"height_ratios": [1.15, 1]})
+    steps, deltas = data["steps"], data["deltas"]
+    shown = np.where(deltas > 0, deltas, np.nan)        # a log axis: Δ = 0 (two dead neurons) is not drawn
+    colors = sns.color_palette("viridis", max(shown.shape[1], 1))
+    for j in range(shown.shape[1]):
+        top.plot(steps, shown[:, j], color=colors[j], lw=0.9, alpha=0.8)
+    top.axhline(data["threshold"], color="#d62728", ls="--", lw=1.2, label=f"threshold {data['threshold']:g}")
+    _break_lines(top, data["break_steps"])
+    _scale(top, "y", True, _log_extent(shown, [data["threshold"]]))
+    top.set_ylabel(f"Δ of the {shown.shape[1]} norm-neighbour pairs")
+    top.legend(fontsize=7, frameon=False, loc="upper left")
+    train, test = data["train_loss"], data["test_loss"]
+    bottom.plot(steps, np.where(train > 0, train, np.nan), color="C0", lw=1.6, label="train loss")
+    bottom.plot(steps, np.where(test > 0, test, np.nan), color="C0", lw=1.2, alpha=0.4, label="test loss")
+    _break_lines(bottom, data["break_steps"])
+    at = np.searchsorted(steps, data["drops"])
+    bottom.plot(data["drops"], train[at], "v", color="#ff7f0e", ms=6, mec="black", mew=0.5, zorder=4,
+                label="loss drop")
+    _scale(bottom, "y", True, _log_extent(train, test))
+    bottom.set_ylabel("loss")
+    bottom.legend(fontsize=7, frameon=False, loc="best")
+    # A long plateau before the first event would squeeze the breaks and drops into the last
+    # decade: the axis starts a decade before the first of them.
+    events = data["breaks"] + data["drops"] + ([data["diverged_at"]] if data["diverged_at"] else [])
+    start = steps[np.searchsorted(steps, min(events) / 10)] if events else steps[0]
+    _scale(bottom, "x", True, steps[steps >= start])
+    bottom.set_xlabel("step" if start == steps[0] else f"step (before {start}: no break, no drop; not shown)")
+    run = f"run {data['run_id'][:8]}" + (f" ({_axes_text(data['axes'])})" if data["axes"] else "")
+    if data["n_matched"] > 1:
+        run += f", first of {data['n_matched']} matching (choose with --run)"
+    coincident = "" if data["coincident"] is None else f", {data['coincident']:.0%} at a loss drop"
+    broke = (f"{len(data['breaks'])} pairs broke at {len(data['break_steps'])} steps{coincident}"
+             if data["breaks"] else "no pair broke")
+    summary = f"{broke}; {len(data['drops'])} loss drops"
+    top.set_title(f"{run}\n{summary}", fontsize=9)
+    if data["diverged_at"] is not None:
+        for ax in (top, bottom):
+            ax.axvline(data["diverged_at"], color=DIVERGED["color"], lw=1.2, label="diverged" if ax is top else None)
+        top.legend(fontsize=7, frameon=False, loc="upper left")
+    if data["status"] == "diverged":
+        lost = data["diverged_at"]
+        fig.suptitle("diverged" + (f": the loss is not finite from step {lost} on" if lost is not None else ""),
+                     fontsize=9, color=DIVERGED["color"])
+    return fig
+
+
+def _hue_colors(values: list, ordered: bool) -> list:
+    """Colors of a few hue values: dark to light viridis (light yellow left out, it fades on white)
+    for numbers, tab10 for names."""
+    import matplotlib
+
+    if not ordered or len(values) == 1:
+        return [matplotlib.colormaps["tab10"](i % 10) for i in range(len(values))]
+    return [matplotlib.colormaps["viridis"](t) for t in np.linspace(0.0, 0.85, len(values))]
+
+
+def draw_trajectories(data: dict):
+    """A metric over training, one thin line per recorded run, one color per value of the hue axis
+    (seeds of a value share it; a color bar instead of a legend beyond MAX_GROUPS_SHOWN numeric
+    values); a red x where a diverged run's line ends."""
+    plt, sns = _style()
+    from matplotlib.lines import Line2D
+
+    lines, hue, metric = data["lines"], data["hue"], data["metric"]
+    fig, ax = plt.subplots(figsize=(6.6 if hue else 5.2, 4.0), constrained_layout=True)
+    values = lines[hue].unique().sort().to_list() if hue else [None]
+    bar = hue is not None and len(values) > MAX_GROUPS_SHOWN and lines.schema[hue].is_numeric()
+    if bar:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import LogNorm, Normalize
+
+        cmap = sns.color_palette("viridis", as_cmap=True)
+        norm = (LogNorm if data["log_hue"] else Normalize)(min(values), max(values))
+        colors = {v: cmap(norm(v)) for v in values}
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label(hue))
+    else:
+        colors = dict(zip(values, _hue_colors(values, hue is not None and lines.schema[hue].is_numeric())))
+    counts = not data["log_y"]          # counts change in whole steps: drawn as steps, not slopes
+    for row in lines.iter_rows(named=True):
+        step, value = np.array(row["step"], dtype=float), np.array(row["value"], dtype=float)
+        ax.plot(step, value, color=colors[row[hue] if hue else None], lw=0.9, alpha=0.75,
+                drawstyle="steps-post" if counts else "default")
+        if row["status"] == "diverged" and len(step):
+            ax.plot(step[-1], value[-1], zorder=4, **DIVERGED)
+    handles = {} if bar or not hue else {f"{SYMBOLS.get(hue, hue)} = {_value(v)}": Line2D([], [], color=colors[v])
+                                         for v in values}
+    if data["n_diverged"]:
+        handles["diverged (its line ends)"] = Line2D([], [], **DIVERGED)
+    if handles:
+        ax.legend(list(handles.values()), list(handles), fontsize=7, frameon=False, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
+    steps = np.concatenate([np.array(s, dtype=float) for s in lines["step"].to_list()])
+    _scale(ax, "x", True, steps)
+    if data["log_y"]:
+        _scale(ax, "y", True, _log_extent(*lines["value"].to_list()))
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel(label(metric))
+    note = [f"{data['n_runs']} recorded runs" + ("" if hue is None else ", seeds of a value in one color")]
+    note += [f"{k} {what}" for k, what in ((data["n_diverged"], "diverged"), (data["n_failed"], "failed: no trace"))
+             if k]
+    ax.set_title("; ".join(note), fontsize=8, color=DIVERGED["color"] if len(note) > 1 else "black")
     return fig
