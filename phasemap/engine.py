@@ -274,8 +274,8 @@ def fit(batch: Batch, backend: str | None = None, observe=None) -> Result:
     backend: one of BACKENDS (None: the fastest that applies). Results agree across backends to
     float rounding; a backend that cannot train the batch is a ValueError saying why.
     observe: None, or a callable with a sorted list `steps`: the loop stops after each of those
-    steps (a backend's multi-step call ends there) and calls observe(step, params, diverged_step);
-    it must not change params. Stops change no numbers: a step is the same whichever call runs it.
+    steps (a backend's multi-step call ends there) and calls observe(step, params, diverged_step),
+    step 0 (the initial state) before the first step; it must not change params. Stops change no numbers: a step is the same whichever call runs it.
     """
     start = time.perf_counter()
     if backend is None:
@@ -298,6 +298,9 @@ def fit(batch: Batch, backend: str | None = None, observe=None) -> Result:
 
     stops = iter(observe.steps if observe is not None else ())
     stop = next(stops, None)
+    if stop == 0:                     # the initial state
+        observe(0, params, diverged_step)
+        stop = next(stops, None)
     t = 0
     while t < batch.steps:
         # A call ends at the next stop and at the next divergence check, so checks stay every CHECK_EVERY.

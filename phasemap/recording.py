@@ -33,7 +33,8 @@ def schedule(record: str | None, steps: int) -> list[int]:
 
     every:K gives K, 2K, ... and the last step; log:N gives N steps evenly spaced in log(step)
     from 1 to `steps`, rounded to integers (steps that round alike are one, so short runs get
-    fewer than N). The last step is always recorded: a trace ends at the run's final state.
+    fewer than N). Step 0, the initial state, comes first, and the last step is always recorded:
+    a trace runs from the initialisation to the run's final state.
     """
     if not record:
         return []
@@ -42,9 +43,9 @@ def schedule(record: str | None, steps: int) -> list[int]:
     if n < 1:
         raise ValueError(f"record schedule {record!r}: needs a positive number")
     if kind == "every":
-        return sorted(set(range(n, steps + 1, n)) | {steps})
+        return sorted(set(range(n, steps + 1, n)) | {0, steps})
     if kind == "log":
-        return sorted({int(round(s)) for s in np.geomspace(1, steps, n)} | {steps})
+        return sorted({int(round(s)) for s in np.geomspace(1, steps, n)} | {0, steps})
     raise ValueError(f"unknown record schedule {record!r}")
 
 

@@ -48,12 +48,13 @@ def test_dynamics_data_is_the_first_listed_run_with_run_dynamics_breaks(recorded
     found = run_dynamics(trace, 0.05)
     assert data["breaks"] == found["breaks"] == listed["breaks"] and data["breaks"]
     assert data["break_steps"] == sorted(set(found["breaks"])) and data["drops"] == found["drops"]
-    assert data["deltas"].shape == (trace.height, 7) and data["threshold"] == 0.05
+    assert data["deltas"].shape == (trace.height - 1, 7) and data["threshold"] == 0.05   # step 0 is off the log axis
+    assert trace["step"][0] == 0 and data["steps"][0] == 1
     assert data["diverged_at"] is None
 
 
 def test_dynamics_data_of_a_diverged_run_says_where(recorded):
-    data = dynamics_data(recorded, where={"lr": 100.0, "seed": 1})
+    data = dynamics_data(recorded, where={"lr": 100, "seed": 1})      # an int matches a float column
     assert data["status"] == "diverged" and data["n_matched"] == 1
     lost = np.flatnonzero(~np.isfinite(data["train_loss"]))        # inf, then null once the weights are
     assert lost.size and data["diverged_at"] == data["steps"][lost[0]]
@@ -67,7 +68,7 @@ def test_trajectories_data_has_one_line_per_run(recorded):
     assert data["metric"] == "n_distinct" and data["hue"] == "lr" and not data["log_y"]
     assert lines.height == 4 and lines["run_id"].n_unique() == 4
     ok = lines.filter(pl.col("status") == "ok")
-    assert all(list(s) == schedule("log:20", 200) and len(v) == len(s) for s, v in zip(ok["step"], ok["value"]))
+    assert all(list(s) == schedule("log:20", 200)[1:] and len(v) == len(s) for s, v in zip(ok["step"], ok["value"]))
     losses = trajectories_data(recorded, "train_loss", where={"lr": 0.5})
     assert losses["log_y"] and losses["lines"].height == 2
     assert all(min(v) > 0 for v in losses["lines"]["value"])

@@ -1,5 +1,6 @@
 """train.record: record steps, traces that change no numbers, the second table beside the runs, settled."""
 
+import math
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import configs_of, tiny_raw
 from phasemap import backends, columns, engine, recording, store
-from phasemap.analysis.dynamics import breaking_times, coincidence, drop_times, run_dynamics
+from phasemap.analysis.dynamics import breaking_times, chance, coincidence, drop_times, loss_rates, run_dynamics
 from phasemap.cli import app
 from phasemap.runner import train_chunk
 from test_backends import CASES, case_config
@@ -17,12 +18,12 @@ from test_backends import CASES, case_config
 
 def test_schedules_end_at_the_last_step_and_merge_repeats():
     assert recording.schedule(None, 100) == []
-    assert recording.schedule("every:30", 100) == [30, 60, 90, 100]
-    assert recording.schedule("every:25", 100) == [25, 50, 75, 100]
+    assert recording.schedule("every:30", 100) == [0, 30, 60, 90, 100]
+    assert recording.schedule("every:25", 100) == [0, 25, 50, 75, 100]
     log = recording.schedule("log:5", 10_000)
-    assert log == [1, 10, 100, 1000, 10_000]
+    assert log == [0, 1, 10, 100, 1000, 10_000]
     short = recording.schedule("log:50", 20)               # 50 log-spaced points round to fewer steps
-    assert short[0] == 1 and short[-1] == 20 and short == sorted(set(short)) and len(short) < 50
+    assert short[:2] == [0, 1] and short[-1] == 20 and short == sorted(set(short)) and len(short) < 51
     assert recording.settle_step(2000) == 1800 and recording.settle_step(1) == 1
 
 
@@ -52,12 +53,14 @@ def test_stopping_to_record_changes_no_number_on_any_backend(tiny, name, case):
     cfg = case_config(tiny, case)
     batch = engine.build_batch([cfg, cfg])
     plain = engine.fit(batch, name)
-    stops = Stops([1, 2, 7, 13, 24, 25])
+    stops = Stops([0, 1, 2, 7, 13, 24, 25])
     observed = engine.fit(batch, name, observe=stops)
     assert [s for s, _ in stops.seen] == stops.steps
     for a, b in zip(plain.params, observed.params):
         assert torch.equal(a, b), (name, case)
     assert torch.equal(plain.train_loss, observed.train_loss)
+    for a, b in zip(dict(stops.seen)[0], batch.params):          # step 0: the initialisation
+        assert torch.equal(a, b)
     # the state handed over at step 13 is the state a 13-step run ends in
     short = engine.fit(engine.build_batch([{**cfg, "steps": 13}] * 2), name)
     for a, b in zip(dict(stops.seen)[13], short.params):
@@ -81,11 +84,11 @@ def recorded_raw(tiny, record=None, **sections):
 def test_a_trace_ends_at_the_runs_final_row_and_each_row_is_the_state_after_that_many_steps(tiny):
     configs = configs_of(recorded_raw(tiny))
     rows, traces = train_chunk(configs, "cpu")
-    assert len(traces) == len(configs) * 12
+    assert len(traces) == len(configs) * 13
     by_run = pl.DataFrame(traces).sort("run_id", "step")
     for row in rows:
         trace = by_run.filter(pl.col("run_id") == row["run_id"])
-        assert trace["step"].to_list() == list(range(10, 121, 10))
+        assert trace["step"].to_list() == list(range(0, 121, 10))
         last = trace.row(-1, named=True)
         assert last["train_loss"] == pytest.approx(row["train_loss"], rel=1e-5)
         assert last["test_loss"] == pytest.approx(row["test_loss"], rel=1e-5)
@@ -146,7 +149,7 @@ def test_traces_live_beside_the_runs_and_every_runs_reader_ignores_them(tiny, tm
     assert len(pd.read_parquet(out)) == len(rows)                   # pandas/pyarrow skip _traces
     read = store.read_traces(out)
     assert read.height == len(traces) and read.columns == list(columns.TRACE)
-    assert read.filter(pl.col("run_id") == rows[0]["run_id"]).height == 12
+    assert read.filter(pl.col("run_id") == rows[0]["run_id"]).height == 13
     result = CliRunner().invoke(app, ["show", str(out)])
     assert result.exit_code == 0 and f"{len(rows)} runs" in result.output
 
@@ -186,18 +189,29 @@ def test_folders_without_traces_read_as_before(tiny, tmp_path):
 
 
 def test_breaks_drops_and_coincidence_on_known_curves():
-    steps = np.array([1, 2, 4, 8, 16, 32, 64, 128])
+    steps = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128])
     deltas = np.array([[0.01, 0.01, 0.5],    # pair 0 breaks at 8, pair 1 at 32, pair 2 starts above: no break
-                       [0.01, 0.01, 0.5], [0.01, 0.02, 0.5], [0.2, 0.02, 0.5], [0.3, 0.05, 0.5],
-                       [0.3, 0.4, 0.5], [0.05, 0.4, 0.5], [0.3, 0.4, 0.5]])
-    assert breaking_times(steps, deltas, 0.1) == [8, 32]        # pair 0 counts its first rise only
-    loss = np.array([1.0, 1.0, 1.0, 0.1, 0.09, 0.009, 0.0089, 0.0088])  # drops into steps 8 and 32
-    assert drop_times(steps, loss, min_rate=1.0) == [8, 32]
-    assert drop_times(steps, np.full(8, 2.0)) == []
+                       [0.01, 0.01, 0.5], [0.01, 0.01, 0.5], [0.01, 0.02, 0.5], [0.2, 0.02, 0.5],
+                       [0.3, 0.05, 0.5], [0.3, 0.4, 0.5], [0.05, 0.4, 0.5], [0.3, 0.4, 0.5]])
+    assert breaking_times(steps, deltas, 0.1) == [8, 32]           # pair 0 counts its first rise only
+    loss = np.array([1.0, 1.0, 1.0, 1.0, 0.1, 0.096, 0.0096, 0.0096, 0.0096])   # 10x into 8 and into 32
+    assert drop_times(steps, loss, min_rate=1.0, min_fall=2.0) == [8, 32]
+    assert drop_times(steps, np.full(9, 2.0)) == []
+    long_fall = np.array([1.0, 1.0, 0.5, 0.25, 0.12, 0.06, 0.03, 0.03, 0.03])
+    assert len(drop_times(steps, long_fall)) == 1                   # one long fall is one drop
+    dense = np.arange(1000, 1009)
+    wiggle = np.array([1.0, 1.0, 1.0, 0.99, 0.98, 0.98, 0.98, 0.98, 0.97])  # fast (rate > 1) but 1-3% falls
+    assert loss_rates(dense, wiggle).max() > 1 and drop_times(dense, wiggle) == []
     assert coincidence([8, 32], [8, 32], steps, 0.0) == 1.0
     assert coincidence([8, 128], [32], steps, 0.1) == 0.0
-    assert coincidence([64], [32], steps, 0.0) == 1.0            # one record step apart: as close as seen
+    assert coincidence([64], [32], steps, 0.0) == 1.0                # one record step apart: as close as seen
     assert coincidence([], [8], steps) is None
+    assert chance([8], steps, 0.1) == pytest.approx(0.2 / math.log10(128))
+    assert chance([], steps) == 0.0
+    trace = pl.DataFrame({"step": steps, "train_loss": [*loss[:6], float("inf"), None, None],
+                          "deltas": [list(d) for d in deltas[:6]] + [[1e9, 1e9, 1e9], None, None]})
+    found = run_dynamics(trace, 0.1)                                 # diverged after step 16: read up to it
+    assert found["breaks"] == [8] and found["drops"] == [8]
 
 
 def test_phasemap_dynamics_reports_every_recorded_run_as_json(tiny, tmp_path):

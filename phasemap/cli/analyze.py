@@ -115,13 +115,16 @@ def dynamics(
                                  "coincide (never less than the record spacing there)."),
     min_rate: float = typer.Option(1.0, "--min-rate", min=0.0, help="Least log-log rate of fall "
                                    "(-d ln L / d ln t) of a loss drop."),
+    min_fall: float = typer.Option(2.0, "--min-fall", min=1.0, help="Least factor by which the loss falls "
+                                   "over a drop."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per run."),
 ) -> None:
     """Symmetry-breaking times, loss drops and how often they coincide, for runs with train.record."""
     from phasemap.analysis import DYNAMICS_SCHEMA
     from phasemap.analysis import dynamics as find
 
-    table = analysis_call(find, results, run=run, where=parse_where(where), window=window, min_rate=min_rate)
+    table = analysis_call(find, results, run=run, where=parse_where(where), window=window, min_rate=min_rate,
+                          min_fall=min_fall)
     if as_json:
         for row in table.to_dicts():
             sys.stdout.write(json.dumps(row) + "\n")
@@ -132,9 +135,12 @@ def dynamics(
     n_breaks, n_drops = int(table["n_breaks"].sum()), int(table["n_drops"].sum())
     hit = sum((r["coincident"] or 0) * r["n_breaks"] for r in table.iter_rows(named=True))
     explained = sum((r["explained"] or 0) * r["n_drops"] for r in table.iter_rows(named=True))
+    by_chance = [r["chance"] for r in table.iter_rows(named=True) if r["chance"] is not None]
+    chance_text = (f" (breaks placed at random: {min(by_chance):.0%}-{max(by_chance):.0%}, column chance)"
+                   if by_chance else "")
     console.print(f"{table.height} runs: {round(hit)} of {n_breaks} symmetry breakings within {window} decades of a "
-                  f"loss drop; {round(explained)} of {n_drops} loss drops within {window} decades of a breaking",
-                  highlight=False)
+                  f"loss drop{chance_text}; {round(explained)} of {n_drops} loss drops within {window} decades of "
+                  "a breaking", highlight=False)
     unsettled = table.filter(pl_col_false("settled")).height
     if unsettled:
         console.print(f"{unsettled} run(s) had not settled: their class changed over the last 10% of training",

@@ -211,13 +211,14 @@ def dynamics_data(results, run: str | None = None, where: dict[str, object] | No
         raise AnalysisError(f"the {runs.height} matching run(s) recorded nothing (status "
                             f"{', '.join(sorted(set(runs['status'].to_list())))}); choose another with --run")
     row = traced.sort([*axes, "run_id"]).row(0, named=True)
-    trace = rows.filter(pl.col("run_id") == row["run_id"]).sort("step")
+    full = rows.filter(pl.col("run_id") == row["run_id"]).sort("step")
+    found = run_dynamics(full, row["delta_threshold"])
+    trace = full.filter(pl.col("step") > 0)          # step 0 (the initialisation) has no place on a log axis
     steps = trace["step"].to_numpy()
     width = max((len(d) for d in trace["deltas"].to_list() if d is not None), default=0)
     deltas = np.array([d if d is not None else [np.nan] * width for d in trace["deltas"].to_list()],
                       dtype=float).reshape(len(steps), width)
     loss = {c: trace[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in ("train_loss", "test_loss")}
-    found = run_dynamics(trace, row["delta_threshold"])
     return {"run_id": row["run_id"], "status": row["status"], "axes": {a: row[a] for a in axes},
             "n_matched": runs.height, "steps": steps, "deltas": deltas, **loss, "threshold": row["delta_threshold"],
             "breaks": found["breaks"], "break_steps": sorted(set(found["breaks"])), "drops": found["drops"],
@@ -246,7 +247,7 @@ def trajectories_data(results, metric: str | None = None, hue: str | None = None
     if rows.height == 0 or rows[metric].null_count() == rows.height:
         raise AnalysisError(f"no recorded run measured {metric} over training")
     keep = list(dict.fromkeys(["run_id", *([hue] if hue else []), *([SEED] if SEED in runs.columns else []), "status"]))
-    lines = (rows.filter(pl.col(metric).cast(pl.Float64).is_finite())     # a diverging loss ends at inf
+    lines = (rows.filter(pl.col(metric).cast(pl.Float64).is_finite() & (pl.col("step") > 0))   # log x; inf: diverging
              .group_by("run_id", maintain_order=True)
              .agg(pl.col("step"), pl.col(metric).cast(pl.Float64).alias("value"))
              .join(runs.select(keep), on="run_id")
