@@ -30,6 +30,7 @@ METRICS: dict[str, str] = {
     "layer_n_distinct": list_of(INT), "layer_n_dead": list_of(INT), "layer_n_dos": list_of(INT),
     "layer_n_dosb": list_of(INT), "layer_weight_rank": list_of(INT), "layer_symmetry_class": list_of(STR),
     "layer_groups": list_of(list_of(INT)), "deltas": list_of(FLOAT), "layer_qk_rank": list_of(INT),
+    "weight_svals": list_of(FLOAT),
 }
 # Whether the run's class had settled: the class metrics (n_distinct, or n_dos where a family has
 # no neurons, and weight_rank) at SETTLE_FRACTION of training against the end (phasemap.recording).

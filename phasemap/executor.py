@@ -29,11 +29,11 @@ from typing import Callable, Iterator
 
 from phasemap import store
 from phasemap.grid import DEFAULT_MAX_CONFIGS
-from phasemap.plan import pending, plan_chunks
+from phasemap.plan import Pending, pending, plan_chunks
 from phasemap.spec import SweepSpec
 
 __all__ = ["ClusterConnectError", "ResourceError", "Summary", "SweepInterrupted", "init_ray", "plan_chunks",
-           "run_sweep"]
+           "ray_session", "run_configs", "run_sweep"]
 
 CONNECT_TIMEOUT_S = 5.0     # a Ray head that does not answer a TCP + HTTP/2 hello in this time is not there
 NODE_WAIT_S = 60.0          # on a cluster, how long to wait for a node that can hold one trial to join
@@ -207,6 +207,20 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, wait: float) -
                         f"(the largest has {cpus:g})" + (" next to the GPUs asked for" if gpus_per_trial else ""))
 
 
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Keep one Ray up for several run_configs calls (started here unless one is running; shut
+    down at the end if started here)."""
+    own = init_ray(address, num_cpus)
+    try:
+        yield
+    finally:
+        if own:
+            import ray
+
+            ray.shutdown()
+
+
 # Tune pickles its run config to disk; what the driver's hooks need (a live progress bar, the
 # fatal error) stays in this table and the stopper carries only its key.
 _WATCHED: dict[int, dict] = {}
@@ -301,10 +315,23 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
     on_start(total_to_run, already_done) and on_runs(n) let a caller drive a progress bar.
     Raises SweepInterrupted when a second signal cuts the run short (Ray is shut down first).
     """
-    started = time.perf_counter()
     if cpus_per_trial <= 0:
         raise ResourceError(f"--cpus-per-trial {cpus_per_trial:g}: a trial needs a positive share of a CPU")
     todo = pending(spec, str(out_dir), max_configs, set_aside=True)
+    return run_configs(spec.name, todo, chunk=chunk, address=address, device=device, cpus_per_trial=cpus_per_trial,
+                       gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, max_failures=max_failures,
+                       on_start=on_start, on_runs=on_runs)
+
+
+def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: str | None = None,
+                device: str = "auto", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
+                num_cpus: int | None = None, max_failures: int = 2,
+                on_start: Callable[[int, int], None] | None = None,
+                on_runs: Callable[[int], None] | None = None) -> Summary:
+    """Train todo.configs (resolved configs not yet in todo.out_dir) for the sweep `name`, as
+    run_sweep does; in a Ray that is already running (`ray_session`) it starts and stops none,
+    so several calls share one session."""
+    started = time.perf_counter()
     out_dir = todo.out_dir
     summary = Summary(total=todo.total, skipped=todo.done, out_dir=out_dir)
     if not todo.configs:
@@ -321,7 +348,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
             own_ray = init_ray(address, num_cpus)
             arm()
             slots = check_resources(cpus_per_trial, gpus_per_trial, NODE_WAIT_S if address else 0)
-            _tune(spec, todo.configs, out_dir, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
+            _tune(name, todo.configs, out_dir, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
                   cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_failures=max_failures,
                   on_start=on_start)
         finally:
@@ -338,7 +365,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None,
     return summary
 
 
-def _tune(spec: SweepSpec, configs: list[dict], out_dir: str, summary: Summary, state: dict, key: int, tmp: str,
+def _tune(name: str, configs: list[dict], out_dir: str, summary: Summary, state: dict, key: int, tmp: str,
           *, chunk, slots, device, cpus_per_trial, gpus_per_trial, max_failures, on_start) -> None:
     """Train `configs` as one Tune experiment, one trial per chunk; fill the summary's counts."""
     from ray import tune
@@ -348,14 +375,14 @@ def _tune(spec: SweepSpec, configs: list[dict], out_dir: str, summary: Summary, 
     if on_start:
         on_start(len(configs), summary.skipped)
     trainable = tune.with_parameters(
-        _trial, chunks=chunks, out_dir=out_dir, sweep=spec.name,
+        _trial, chunks=chunks, out_dir=out_dir, sweep=name,
         device=device, threads=max(1, int(cpus_per_trial)))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space={"chunk": tune.grid_search(list(range(len(chunks))))},
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=tmp, verbose=0, stop=_stopper(key),
+            name=name, storage_path=tmp, verbose=0, stop=_stopper(key),
             failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     state["tuning"] = True

@@ -15,7 +15,9 @@ A hidden neuron j of layer l is the vector v_j = [incoming weights (and bias), o
   connected components of that graph (single linkage: a chain is one group, whatever the neuron
   order); n_distinct = number of groups, the m of the bound m <= C gamma^(-beta)
 - symmetry_class: the partition type, e.g. "3x1,1x2|d2" = one group of 3, two singletons, 2 dead
-- weight_rank: numerical rank of W_1 W_2 ... W_D; rep_rank: rank of the last hidden representation
+- weight_rank: numerical rank of W_1 W_2 ... W_D, and weight_svals its singular values (descending:
+  the continuous order parameter of a rank transition, since the k-th goes to 0 where rank k
+  is lost); rep_rank: rank of the last hidden representation
   on the test inputs (divided by sqrt(n_test)). A singular value counts when it exceeds
   max(rank_tol * largest, rank_atol).
 """
@@ -174,6 +176,7 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
 
     out: dict[str, list] = {
         "weight_rank": _product_rank(weights, th).tolist(),
+        "weight_svals": torch.linalg.svdvals(_product(weights)).tolist(),
         "layer_weight_rank": torch.stack(
             [numerical_rank(w, th["rank_tol"], th["rank_atol"]) for w in weights], dim=1).tolist(),
     }
@@ -217,9 +220,14 @@ def trace(weights: list[Tensor], biases: list[Tensor], activation: str, th: dict
             "layer_n_dos": [None] * n_models, "weight_rank": _product_rank(weights, th).tolist()}
 
 
-def _product_rank(weights: list[Tensor], th: dict[str, Tensor]) -> Tensor:
-    """(M,) numerical rank of W_1 W_2 ... W_D."""
+def _product(weights: list[Tensor]) -> Tensor:
+    """W_1 W_2 ... W_D, (M, d_in, d_out)."""
     product = weights[0]
     for w in weights[1:]:
         product = torch.bmm(product, w)
-    return numerical_rank(product, th["rank_tol"], th["rank_atol"])
+    return product
+
+
+def _product_rank(weights: list[Tensor], th: dict[str, Tensor]) -> Tensor:
+    """(M,) numerical rank of W_1 W_2 ... W_D."""
+    return numerical_rank(_product(weights), th["rank_tol"], th["rank_atol"])

@@ -131,7 +131,7 @@ def measure(params: list[Tensor], x_test: Tensor, th: dict[str, Tensor], n_layer
     x_test (M, Nt, n_ctx, D), or (Nt, n_ctx, D) shared by all models; th holds (M,) tensors
     delta_threshold, rank_tol, rank_atol (other keys are ignored). Columns: n_dos, n_dosb (first
     layer), layer_n_dos, layer_n_dosb, layer_qk_rank (rank of sum_h W_Q^h W_K^h^T, D x D), one
-    entry per layer; weight_rank (rank of W_out, 0 or 1); rep_rank (rank of the final token's
+    entry per layer; weight_rank (rank of W_out, 0 or 1) and weight_svals (its singular value); rep_rank (rank of the final token's
     representation on x_test over sqrt(Nt)); deltas (layer 0, head 0); and the mlp-only columns
     as None. A singular value counts when it exceeds max(rank_tol * largest, rank_atol).
     """
@@ -152,6 +152,7 @@ def measure(params: list[Tensor], x_test: Tensor, th: dict[str, Tensor], n_layer
         "layer_n_dosb": (heads * d_k - dos).tolist(),
         "layer_qk_rank": torch.stack(qk_rank, dim=1).tolist(),
         "weight_rank": attention["weight_rank"],
+        "weight_svals": torch.linalg.svdvals(params[-1]).tolist(),
         "rep_rank": numerical_rank(rep, tol, atol).tolist(),
         "deltas": attention["deltas"],
     }
