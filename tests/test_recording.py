@@ -202,6 +202,8 @@ def test_breaks_drops_and_coincidence_on_known_curves():
     dense = np.arange(1000, 1009)
     wiggle = np.array([1.0, 1.0, 1.0, 0.99, 0.98, 0.98, 0.98, 0.98, 0.97])  # fast (rate > 1) but 1-3% falls
     assert loss_rates(dense, wiggle).max() > 1 and drop_times(dense, wiggle) == []
+    spike = np.array([1.0, 1.0, 0.3, 0.3, 0.9, 0.35, 0.3, 0.3, 0.3])  # a spike and its recovery: no new low
+    assert drop_times(steps, spike) == [2]
     assert coincidence([8, 32], [8, 32], steps, 0.0) == 1.0
     assert coincidence([8, 128], [32], steps, 0.1) == 0.0
     assert coincidence([64], [32], steps, 0.0) == 1.0                # one record step apart: as close as seen

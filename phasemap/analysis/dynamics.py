@@ -14,9 +14,9 @@ never broke from a symmetric state and gives no break. `breaks` lists one step p
 Drops. Between consecutive record steps t_k < t_(k+1) (t > 0) the loss falls at the rate
 r_k = -(ln L_(k+1) - ln L_k) / (ln t_(k+1) - ln t_k), the slope of the loss curve on log-log
 axes (a power law L ~ t^-a falls at rate a everywhere; a plateau has rate 0). A drop is a maximal
-run of consecutive intervals with r_k >= `min_rate` over which the loss falls by at least a
-factor `min_fall` (L at its start / L at its end), placed at the end t_(k+1) of its steepest
-interval, the first record step that sees the fall. Runs of a few noisy intervals whose losses
+run of consecutive intervals with r_k >= `min_rate` that takes the loss to a new low, at least
+a factor `min_fall` below the lowest loss recorded before it (so the recovery from a spike is no
+drop), placed at the end t_(k+1) of its steepest interval, the first record step that sees it. Runs of a few noisy intervals whose losses
 barely move are no drop, and one long fall is one drop. The train loss is used: it is what the
 optimizer descends. A diverged run is read up to its last finite loss.
 
@@ -75,8 +75,8 @@ def loss_rates(steps: np.ndarray, loss: np.ndarray) -> np.ndarray:
 
 
 def drop_times(steps: np.ndarray, loss: np.ndarray, min_rate: float = MIN_RATE, min_fall: float = MIN_FALL) -> list[int]:
-    """The steps of the loss drops: runs of intervals falling at a log-log rate >= min_rate, by a
-    factor >= min_fall in all, each placed at the end of its steepest interval."""
+    """The steps of the loss drops: runs of intervals falling at a log-log rate >= min_rate to a new
+    low, min_fall below the lowest loss before them, each placed at the end of its steepest interval."""
     rate = loss_rates(steps, loss)
     fast = np.nan_to_num(rate, nan=-np.inf) >= min_rate
     out = []
@@ -88,7 +88,7 @@ def drop_times(steps: np.ndarray, loss: np.ndarray, min_rate: float = MIN_RATE, 
         end = k
         while end + 1 < len(rate) and fast[end + 1]:
             end += 1
-        if loss[k] / loss[end + 1] >= min_fall:
+        if np.nanmin(loss[:k + 1]) / loss[end + 1] >= min_fall:
             steepest = k + int(np.argmax(rate[k:end + 1]))
             out.append(int(steps[steepest + 1]))
         k = end + 1
