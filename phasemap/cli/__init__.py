@@ -3,7 +3,7 @@
     phasemap run sweeps/quickstart.yaml && phasemap show results/quickstart
     phasemap --debug critical results/quickstart --metric n_distinct --axis gamma
 
-Commands live in one module per family (sweeps, analyze, bench, cluster); `main` is the console
+Commands live in one module per family (sweeps, analyze, refine, bench, cluster); `main` is the console
 script: every error a user can cause ends as one line and an exit code.
 """
 
@@ -15,7 +15,7 @@ import warnings
 import typer
 from rich.markup import escape
 
-from phasemap.cli import analyze, bench, cluster, sweeps  # noqa: F401 (registers the commands, in help order)
+from phasemap.cli import analyze, bench, cluster, refine, sweeps  # noqa: F401 (registers the commands, in help order)
 from phasemap.cli.common import STATE, app, err_console
 from phasemap.spec import SpecError
 
