@@ -5,7 +5,8 @@
 
 Kinds: `phase` (heat map over two axes colored by a metric, or by the modal symmetry class with
 the seeds' agreement shown, critical points with their CIs overlaid, optional facets over a third
-axis), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
+axis; where the runs are not a full grid, as `phasemap refine` leaves them, one marker per sampled
+point instead of cells), `scaling` (log-log runs, transition points with their CIs, the fitted bound and its
 bootstrap band), `width` (metric against width, one line per gamma), `loss` (train and test loss
 along an axis), `trend` (runs, seed means and the least-squares line with its bootstrap band along
 one axis, one color per group of the other axes, rho and the slope with their CIs), and, from the

@@ -47,12 +47,26 @@ def _modal(data: pl.DataFrame, keys: list[str], color: str) -> pl.DataFrame:
     return modal.join(total, on=keys).with_columns((pl.col("n_modal") / pl.col("n_used")).alias("agreement"))
 
 
+def _is_grid(cells: pl.DataFrame, keys: list[str]) -> bool:
+    """Whether the sampled points fill every combination of the keys' unique values (a sweep's
+    grid); a refined folder (its own x values per y) does not."""
+    size = 1
+    for k in keys:
+        size *= cells[k].n_unique()
+    return cells.height == size
+
+
 def phase_data(results, x: str, y: str, color: str, facet: str | None = None,
                min_seed_share: float = MIN_SEED_SHARE) -> dict:
     """Cells {x, y[, facet], value, n, n_ok, n_diverged, n_failed} (seed-mean of a metric, or the
     modal symmetry class with its `agreement`), the critical points of the metric along x for
     each y, and the run counts. A cell where fewer than `min_seed_share` of the runs finished ok
-    has value null."""
+    has value null.
+
+    `grid` says whether the cells fill every (x, y[, facet]) combination of the values swept;
+    where they do not (a `phasemap refine` folder: its own x values per y, dense near the
+    boundaries) each row of `cells` is one sampled point, drawn as a marker at its (x, y), and
+    `n_points` counts them."""
     data = frame(results, ok_only=False)
     require_columns(data.schema, None, (x, y))
     if facet in (SEED, x, y) or (facet and facet not in data.columns):
@@ -76,7 +90,8 @@ def phase_data(results, x: str, y: str, color: str, facet: str | None = None,
     cells = cells.with_columns(pl.when(pl.col("n_ok") >= min_seed_share * pl.col("n")).then(pl.col("value"))
                                .otherwise(None).alias("value")).sort(keys)
     return {"cells": cells, "critical": lines, "x": x, "y": y, "color": color, "facet": facet,
-            "categorical": categorical, "n_runs": data.height,
+            "categorical": categorical, "grid": _is_grid(cells, keys), "n_points": cells.height,
+            "n_runs": data.height,
             "n_diverged": int((data["status"] == "diverged").sum()), "n_failed": int((data["status"] == "failed").sum()),
             "log_x": use_log(data[x].unique().to_numpy().astype(float)),
             "log_y": use_log(data[y].unique().to_numpy().astype(float))}

@@ -93,26 +93,37 @@ def _outlined(width: float = 2.2, color: str = "black"):
     return [patheffects.withStroke(linewidth=width, foreground=color)]
 
 
-def _draw_critical(ax, crit: pl.DataFrame, y: str, ypos, handles: dict) -> None:
+def _draw_critical(ax, crit: pl.DataFrame, y: str, ypos, handles: dict, points: float = 0) -> None:
     """Resolved points with horizontal CI bars, unresolved brackets as segments; ypos maps a
-    y value to its place on the axis (a row index when the rows are few)."""
+    y value to its place on the axis (a row index when the rows are few). Over sampled points
+    (no cells) a black bar `points` tall marks each boundary among the markers."""
     resolved = crit.filter(pl.col("resolved"))
     for (f, t), line in resolved.group_by(["from", "to"], maintain_order=True):
         line = line.sort(y)
         xs, ys = line["critical"].to_numpy(), np.array([ypos(v) for v in line[y]])
         err = np.vstack([xs - line["ci_low"].to_numpy(), line["ci_high"].to_numpy() - xs])
+        tick = None
+        if points:
+            (tick,) = ax.plot(xs, ys, ls="none", marker="|", ms=points, mew=1.8, color="black", zorder=4,
+                              clip_on=False)
+            tick.set_path_effects(_outlined(3.5, "white"))
         bars = ax.errorbar(xs, ys, xerr=err, fmt="o-" if line.height >= 3 else "o", color="white", ms=3.5,
                            lw=1.0, mec="black", mew=0.5, ecolor="white", elinewidth=1.0, capsize=1.5, zorder=4)
         for part in [*bars.lines[2], *bars.lines[1], bars.lines[0]]:
             part.set_clip_on(False)     # points on the first or last grid row sit on the axes' edge
         for part in bars.lines[2]:
             part.set_path_effects(_outlined())
-        handles.setdefault("critical points (95% CI)", bars)
+        if tick is not None:            # in the legend a bar of the text's height
+            from matplotlib.lines import Line2D
+
+            tick = Line2D([], [], ls="none", marker="|", ms=10, mew=1.8, color="black")
+        handles.setdefault("critical points (95% CI)", bars if tick is None else (tick, bars))
     unresolved = crit.filter(~pl.col("resolved") & pl.col("critical").is_not_null())
     for row in unresolved.iter_rows(named=True):
         (seg,) = ax.plot([row["ci_low"], row["ci_high"]], [ypos(row[y])] * 2, "|-", color="#ff7f0e", lw=2.0,
                          ms=8, mew=2.0, clip_on=False, zorder=4)
-        handles.setdefault("unresolved: several levels in one grid step", seg)
+        handles.setdefault("unresolved: several levels between two sampled points" if points
+                           else "unresolved: several levels in one grid step", seg)
 
 
 def _center(edges: np.ndarray, i: int, log: bool) -> float:
@@ -156,6 +167,57 @@ def _draw_cells_categorical(ax, part: pl.DataFrame, data: dict, xe, ye, xi, yi, 
                             ha="center", va="center", fontsize=6, color="black")
 
 
+def _padded(values: np.ndarray, log: bool, share: float = 0.03) -> np.ndarray:
+    """The values' extent, `share` of its width (in log space on a log axis) wider on each side,
+    so that markers at the ends are not cut in half by the frame."""
+    v = np.log(values.astype(float)) if log else values.astype(float)
+    lo, hi = float(v.min()), float(v.max())
+    pad = share * (hi - lo) if hi > lo else (0.1 * abs(lo) if lo else 0.5)
+    ends = np.array([lo - pad, hi + pad])
+    return np.exp(ends) if log else ends
+
+
+POINT = {"s": 26, "linewidths": 0.5, "zorder": 3}    # a sampled point of a non-grid (refined) phase map
+
+
+def _draw_points(ax, part: pl.DataFrame, data: dict, ypos, colors, norm, handles: dict) -> None:
+    """One marker per sampled point at its (x, y), colored by its seed-mean (or modal class,
+    faded by the share of the seeds in it, dark-edged where they disagree); a light red-edged
+    marker where too few runs finished; a red x behind a point with diverged or failed runs."""
+    from matplotlib.lines import Line2D
+
+    x, y = data["x"], data["y"]
+    shown = part.filter(pl.col("value").is_not_null())
+    xs, ys = shown[x].to_numpy().astype(float), np.array([ypos(v) for v in shown[y]], dtype=float)
+    if data["categorical"]:
+        agree = shown["agreement"].to_numpy()
+        faces = [(*colors[c][:3], 0.3 + 0.7 * a) for c, a in zip(shown["value"], agree)]
+        edges = ["black" if a < 1 else "white" for a in agree]
+        ax.scatter(xs, ys, c=faces, edgecolors=edges, **POINT)
+        if (agree < 1).any():
+            handles.setdefault("seeds disagree: dark edge, faded by the share in the class",
+                               Line2D([], [], marker="o", ls="none", color="0.6", alpha=0.6, mec="black"))
+    else:
+        ax.scatter(xs, ys, c=shown["value"].to_numpy(), cmap="viridis", norm=norm, edgecolors="white", **POINT)
+    empty = part.filter(pl.col("value").is_null())
+    if empty.height:
+        ax.scatter(empty[x].to_numpy().astype(float), [ypos(v) for v in empty[y]], facecolors="0.92",
+                   edgecolors=DIVERGED["color"], **{**POINT, "linewidths": 1.0})
+        handles.setdefault("no value: too few runs finished", Line2D(
+            [], [], marker="o", ls="none", mfc="0.92", mec=DIVERGED["color"], mew=1.0))
+    bad = part.filter((pl.col("n_diverged") + pl.col("n_failed")) > 0)
+    if bad.height:   # a red x behind the marker: its arms show, the point's color stays visible
+        (mark,) = ax.plot(bad[x].to_numpy().astype(float), [ypos(v) for v in bad[y]],
+                          **{**DIVERGED, "ms": 11, "mew": 2.0, "zorder": POINT["zorder"] - 0.5})
+        mark.set_path_effects(_outlined(3.5, "white"))
+        handles.setdefault("point with diverged/failed runs (red x behind it)", mark)
+
+
+def _points_title(data: dict) -> str:
+    names = ", ".join(SYMBOLS.get(a, a) for a in (data["x"], data["y"], data["facet"]) if a)
+    return f"{data['n_points']} sampled ({names}) points, not a full grid: one marker each"
+
+
 def draw_phase(data: dict):
     plt, sns = _style()
     cells, facet, x, y = data["cells"], data["facet"], data["x"], data["y"]
@@ -171,7 +233,8 @@ def draw_phase(data: dict):
     ys_all = cells[y].unique().sort().to_numpy()
     xi = {v: i for i, v in enumerate(xs_all)}
     yi = {v: i for i, v in enumerate(ys_all)}
-    xe = cell_edges(xs_all, data["log_x"])
+    grid = data.get("grid", True)     # not a grid (a refined folder): a marker per sampled point, no cells
+    xe = cell_edges(xs_all, data["log_x"]) if grid else _padded(xs_all, data["log_x"])
     rows = len(ys_all) <= MAX_ROWS    # a few y values: one equal row each, labelled with its value
     if rows:
         data = {**data, "log_y": False}
@@ -180,7 +243,7 @@ def draw_phase(data: dict):
         def ypos(v):
             return yi[v]
     else:
-        ye = cell_edges(ys_all, data["log_y"])
+        ye = cell_edges(ys_all, data["log_y"]) if grid else _padded(ys_all, data["log_y"])
 
         def ypos(v):
             return v
@@ -194,17 +257,27 @@ def draw_phase(data: dict):
     mesh = None
     for ax, value in zip(flat, panels):
         part = cells if value is None else cells.filter(pl.col(facet) == value)
-        if data["categorical"]:
+        if not grid:
+            from matplotlib.cm import ScalarMappable
+            from matplotlib.colors import Normalize
+
+            norm = None if data["categorical"] else Normalize(vmin, vmax)
+            _draw_points(ax, part, data, ypos, colors if data["categorical"] else None, norm, handles)
+            if norm is not None:
+                mesh = ScalarMappable(norm=norm, cmap="viridis")
+        elif data["categorical"]:
             _draw_cells_categorical(ax, part, data, xe, ye, xi, yi, colors, handles)
         else:
-            grid = np.full((len(ys_all), len(xs_all)), np.nan)
+            values = np.full((len(ys_all), len(xs_all)), np.nan)
             for row in part.filter(pl.col("value").is_not_null()).iter_rows(named=True):
-                grid[yi[row[y]], xi[row[x]]] = row["value"]
-            mesh = ax.pcolormesh(xe, ye, grid, cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
-        _draw_excluded(ax, part, data, xe, ye, xi, yi, handles)
+                values[yi[row[y]], xi[row[x]]] = row["value"]
+            mesh = ax.pcolormesh(xe, ye, values, cmap="viridis", vmin=vmin, vmax=vmax, shading="flat")
+        if grid:
+            _draw_excluded(ax, part, data, xe, ye, xi, yi, handles)
         if data["critical"] is not None and data["critical"].height:
             crit = data["critical"] if value is None else data["critical"].filter(pl.col(facet) == value)
-            _draw_critical(ax, crit, y, ypos, handles)
+            # the boundary bar: most of a row's height, at most 20 points (an axes is about 3 inches tall)
+            _draw_critical(ax, crit, y, ypos, handles, points=0 if grid else min(20.0, 150.0 / len(ys_all)))
         _scale(ax, "x", data["log_x"], xe)
         if not data["log_x"] and np.issubdtype(xs_all.dtype, np.integer) and len(xs_all) <= MAX_ROWS:
             ax.set_xticks(xs_all)       # a few integer values (seeds, counts): a tick on each cell, not 0.5 steps
@@ -220,18 +293,24 @@ def draw_phase(data: dict):
     for row in grid_axes:
         row[0].set_ylabel(label(y))
     if data["categorical"]:
+        from matplotlib.lines import Line2D
         from matplotlib.patches import Rectangle
 
-        class_handles = {c: Rectangle((0, 0), 1, 1, color=colors[c]) for c in classes}
+        class_handles = {c: Rectangle((0, 0), 1, 1, color=colors[c]) if grid
+                         else Line2D([], [], marker="o", ls="none", color=colors[c]) for c in classes}
         fig.legend(list(class_handles.values()) + list(handles.values()), classes + list(handles),
-                   title=label(data["color"]) + " (modal over seeds)", loc="outside right upper", fontsize=7)
+                   title=label(data["color"]) + " (modal over seeds)", fontsize=7,
+                   loc="outside right upper" if grid else "outside center right")   # clear of the points' title
     else:
         fig.colorbar(mesh, ax=flat[:len(panels)], label=label(data["color"]))
         if handles:
             fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 3),
                        fontsize=7, frameon=False)
     note = _excluded_title(data["n_runs"], data["n_diverged"], data["n_failed"])
-    if note:
+    if not grid:
+        fig.suptitle("\n".join([_points_title(data)] + ([note] if note else [])), fontsize=9,
+                     color=DIVERGED["color"] if note else "black")
+    elif note:
         fig.suptitle(note, fontsize=9, color=DIVERGED["color"])
     return fig
 
