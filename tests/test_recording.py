@@ -246,3 +246,41 @@ def test_critical_counts_the_unsettled_runs_in_a_boundarys_bracket(tiny, tmp_pat
     assert table["n_unsettled"].to_list() == [1]
     older = pl.DataFrame(rows).drop("settled")                   # results from before `settled`
     assert critical(older, "weight_rank", "gamma")["n_unsettled"].to_list() == [None]
+
+
+@pytest.mark.slow
+def test_a_killed_recorded_sweep_resumes_with_runs_and_traces_exactly_once(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "phasemap.cli", "run", str(root / "sweeps" / "quickstart.yaml"), "--out", str(out),
+           "--set", "train.steps=6000", "--set", "train.record={log: 30}", "--chunk", "4", "--num-cpus", "2"]
+    driver = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        for _ in range(600):
+            if store.files(out) or driver.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert store.files(out), "no chunk finished"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)          # the whole session, Ray included, mid-write or not
+        driver.wait()
+    partial = len(store.run_ids(out))
+    assert 0 < partial < 48
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    runs = pl.read_parquet(store.files(out))
+    assert runs.height == 48 and runs["run_id"].n_unique() == 48
+    traces = store.read_traces(out)
+    steps = recording.schedule("log:30", 6000)
+    counts = traces.group_by("run_id").agg(pl.col("step").sort())
+    assert counts.height == 48
+    assert all(list(s) == steps for s in counts["step"])           # every run's whole trace, each step once
+    assert not store._committed_traces(out)[1]                     # no orphan left after the rerun's compaction
