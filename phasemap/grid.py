@@ -51,8 +51,8 @@ RUN_ID = "run_id"
 DEFAULT_MAX_CONFIGS = 2_000_000
 
 
-def _canonical(value: float) -> float:
-    # 12 significant digits: logspace/linspace values become identical on every platform.
+def canonical(value: float) -> float:
+    """A computed axis value at 12 significant digits, so it (and its run_id) is the same on every platform."""
     return float(f"{value:.12g}")
 
 
@@ -116,7 +116,7 @@ def axis_values(name: str, axis: Any) -> list:
         return list(range(*args))
     lo, hi, _ = args
     raw = np.geomspace(lo, hi, n) if kind == "logspace" else np.linspace(lo, hi, n)
-    return [_canonical(v) for v in raw]
+    return [canonical(v) for v in raw]
 
 
 def count(spec: SweepSpec) -> int:
@@ -188,7 +188,8 @@ def axes(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> dict
     return out
 
 
-def _base_flat(spec: SweepSpec) -> dict[str, Any]:
+def base_flat(spec: SweepSpec) -> dict[str, Any]:
+    """Every config key of the sweep at its section's value (before a grid point and resolution)."""
     flat: dict[str, Any] = {}
     for section in SECTIONS:
         flat.update(getattr(spec, section).model_dump())
@@ -276,7 +277,7 @@ def _resolve_teacher(cfg: dict, explicit: set[str]) -> None:
     if isinstance(spectrum, dict):  # power law, resolved to min(input_dim, output_dim) values
         c, alpha = spectrum["power_law"]["c"], spectrum["power_law"]["alpha"]
         cfg["spectrum_c"], cfg["spectrum_alpha"] = c, alpha
-        spectrum = [_canonical(c * i ** (-alpha)) for i in range(1, d_min + 1)]
+        spectrum = [canonical(c * i ** (-alpha)) for i in range(1, d_min + 1)]
     elif len(spectrum) > d_min:
         raise SpecError(f"task.spectrum: {len(spectrum)} values but min(input_dim, output_dim) = {d_min}",
                         key="task.spectrum")
@@ -308,12 +309,12 @@ def _resolve_batch(cfg: dict, explicit: set[str]) -> None:
             if batch == "full" or temp == 0:
                 raise SpecError("train.hold: hold: batch_size needs an integer train.batch_size and T > 0 "
                                 "(T = 0 is full-batch GD: use hold: lr)", key="train.hold")
-            cfg["lr"] = _canonical(temp * batch)
+            cfg["lr"] = canonical(temp * batch)
     batch = n if batch == "full" else batch
     if batch > n:
         raise SpecError(f"train.batch_size: {batch} is larger than n_train={n}", key="train.batch_size")
     cfg["batch_size"] = batch
-    cfg["temperature_effective"] = 0.0 if batch == n else _canonical(cfg["lr"] / batch)
+    cfg["temperature_effective"] = 0.0 if batch == n else canonical(cfg["lr"] / batch)
     if temp is None:
         cfg["temperature"] = cfg["temperature_effective"]
 
@@ -381,18 +382,18 @@ def _resolve_conventions(cfg: dict, explicit: set[str]) -> None:
                         key="train.weight_decay")
     k = cfg["output_dim"] if reduction == "mean" else 1
     cfg["weight_decay"], cfg["mse_reduction"] = wd, reduction
-    cfg["gamma"] = _canonical(wd if cfg["optimizer"] == "adamw" else k * wd / 2)
+    cfg["gamma"] = canonical(wd if cfg["optimizer"] == "adamw" else k * wd / 2)
     if cfg["optimizer"] == "sgd":
-        cfg["lr"] = _canonical(cfg["lr"] / k)      # torch's lr is recorded as torch_lr after _resolve_batch
+        cfg["lr"] = canonical(cfg["lr"] / k)      # torch's lr is recorded as torch_lr after _resolve_batch
     else:
-        cfg["eps"] = _canonical(cfg["eps"] * k)
+        cfg["eps"] = canonical(cfg["eps"] * k)
 
 
 def _torch_lr(cfg: dict) -> None:
     """Record the lr torch's SGD would take for this config (phasemap's lr, possibly derived from T)."""
     if "weight_decay" in cfg and cfg["optimizer"] == "sgd":
         k = cfg["output_dim"] if cfg["mse_reduction"] == "mean" else 1
-        cfg["torch_lr"] = _canonical(cfg["lr"] * k)
+        cfg["torch_lr"] = canonical(cfg["lr"] * k)
 
 
 def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
@@ -421,7 +422,7 @@ def expand(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> li
     A sweep of more than `max_configs` configs (None: no limit) is refused before any axis is built.
     """
     grid = axes(spec, max_configs)  # calls check_size before building anything
-    base, explicit = _base_flat(spec), spec.explicit_keys()
+    base, explicit = base_flat(spec), spec.explicit_keys()
     keys = list(grid)
     return [resolve(base, dict(zip(keys, values)), explicit) for values in itertools.product(*grid.values())]
 

@@ -38,7 +38,7 @@ import polars as pl
 
 from phasemap import store
 from phasemap.analysis.runs import use_log
-from phasemap.grid import _base_flat, _canonical, axes, axis_key, resolve
+from phasemap.grid import axes, base_flat, canonical, resolve
 from phasemap.refine.samplers import NAMES, BoundarySampler, make_sampler
 from phasemap.spec import FIELDS, SpecError, SweepSpec
 
@@ -164,7 +164,7 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
         raise SpecError(f"--per-round {per_round}: must be at least 1", key="per_round")
     storage = _storage(out, storage)
     # The study belongs to this exact sweep: another train.steps (or any other value) is another study.
-    digest = hashlib.blake2b(json.dumps([_base_flat(spec), grid], sort_keys=True, default=str).encode(),
+    digest = hashlib.blake2b(json.dumps([base_flat(spec), grid], sort_keys=True, default=str).encode(),
                              digest_size=4).hexdigest()
     name = f"{spec.name}:{metric}:{axis}:{sampler}:{digest}"
     chosen = make_sampler(sampler, axis, group_keys, precision, log)
@@ -172,7 +172,7 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
     boundary = chosen if isinstance(chosen, BoundarySampler) else BoundarySampler(axis, group_keys, precision, log)
     distributions = {axis: FloatDistribution(min(values), max(values), log=log),
                      **{g: CategoricalDistribution(tuple(grid[g])) for g in group_keys}}
-    base, explicit = _base_flat(spec), spec.explicit_keys()
+    base, explicit = base_flat(spec), spec.explicit_keys()
     run_kw = dict(address=address, device=device, chunk=chunk)
 
     def configs_of(params: dict) -> list[dict]:
@@ -248,7 +248,7 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
             trials = [study.ask() for _ in range(n)]
             params = []
             for trial in trials:
-                x = _canonical(trial.suggest_float(axis, min(values), max(values), log=log))
+                x = canonical(trial.suggest_float(axis, min(values), max(values), log=log))
                 group = {g: trial.suggest_categorical(g, tuple(grid[g])) for g in group_keys}
                 params.append({axis: x, **group})
             train([c for p in params for c in configs_of(p)])
