@@ -124,3 +124,11 @@ def test_refine_brackets_every_rank_transition_and_critical_reads_the_refined_po
         assert abs(row["critical"] / exact - 1) < 0.03
     again = CliRunner().invoke(app, args)                       # resumed from the study: nothing left to do
     assert again.exit_code == 0 and '"rounds": 0' in again.output
+
+
+def test_a_bracket_around_split_seeds_bisects_its_parts():
+    # Seeds split evenly at 2.0 (mean 0.5, on the boundary): the bracket spans 1..4 with 2 inside.
+    xs, means = np.array([1.0, 2.0, 4.0]), np.array([1.0, 0.5, 0.0])
+    (b,) = brackets(xs, means, 0.01, log=True)
+    assert (b.lo, b.hi) == (1.0, 4.0)
+    assert b.proposals == pytest.approx((math.sqrt(2), math.sqrt(8)))

@@ -67,7 +67,10 @@ def refine(
                   f"({result.coarse_runs} in the coarse grid), {result.rounds} rounds, {result.seconds:.0f} s; "
                   + ("every boundary bracketed within the precision" if result.stopped == "done" else
                      f"budget spent with {len(open_brackets)} of {len(result.brackets)} brackets wider than "
-                     f"{precision:g}"), highlight=False)
+                     f"{precision:g}" if result.stopped == "budget" else
+                     f"{len(open_brackets)} of {len(result.brackets)} brackets are wider than {precision:g} and "
+                     "nothing is left to sample in them: the seeds disagree across the bracket (a boundary wider "
+                     "than the precision); more seeds narrow it"), highlight=False)
     for b in result.brackets:
         group = ", ".join(f"{k}={v}" for k, v in b.items() if k not in ("lo", "hi", "from", "to", "width", "done",
                                                                          "estimate"))

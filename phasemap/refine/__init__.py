@@ -58,7 +58,8 @@ class RefineResult:
     budget: int
     rounds: int
     points: int                                 # evaluated points (trials)
-    stopped: str                                # "done" (every bracket within the precision) or "budget"
+    stopped: str                                # "done" (every bracket within the precision), "budget", or
+                                                # "stuck" (brackets still open, nothing left to propose)
     brackets: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -260,8 +261,10 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
     report = [{**dict(zip(group_keys, key)), "lo": b.lo, "hi": b.hi, "from": b.level_from, "to": b.level_to,
                "width": b.width, "done": b.method == "done", "estimate": b.estimate}
               for key, found in boundary.brackets(study).items() for b in found]
-    if stopped == "budget" and report and all(r["done"] for r in report):
+    if report and all(r["done"] for r in report):
         stopped = "done"
+    elif stopped == "done":         # nothing left to propose, yet brackets are open
+        stopped = "stuck"
     return RefineResult(study=name, storage=storage, sampler=sampler, coarse_runs=coarse_runs, runs=used,
                         budget=budget, rounds=rounds, points=len(study.get_trials(deepcopy=False)), stopped=stopped,
                         brackets=report, seconds=time.perf_counter() - started)

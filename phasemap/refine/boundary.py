@@ -13,7 +13,9 @@ Each bracket wider than P gets new points:
   (1 -+ P/3) are proposed, so that an accurate estimate closes the bracket to 2P/3 in one round.
   The secant needs the order parameter to fall towards the bracket on that side.
 - Otherwise (no order parameter, or an estimate outside the bracket) the bracket is bisected:
-  its geometric midpoint on a log axis, the arithmetic one otherwise.
+  its geometric midpoint on a log axis, the arithmetic one otherwise. A bracket that holds sampled
+  points itself (where seeds split evenly, the mean sits on the level boundary and the bracket
+  spans the points around it) has each of its sub-intervals wider than P bisected instead.
 A level count alone halves a bracket per round; the secant uses how far the order parameter
 still is from 0, which a count throws away, and for a linear order parameter lands on the root.
 """
@@ -95,5 +97,7 @@ def brackets(xs: np.ndarray, means: np.ndarray, precision: float, log: bool,
             if inside:
                 out.append(Bracket(lo, hi, level_from, level_to, width, inside, "secant", root))
                 continue
-        out.append(Bracket(lo, hi, level_from, level_to, width, (midpoint(lo, hi, log),), "bisect", root))
+        inner = [(float(a), float(b)) for a, b in zip(xs[p:q], xs[p + 1:q + 1]) if relative_width(a, b, log) > precision]
+        points = tuple(midpoint(a, b, log) for a, b in inner) if q - p > 1 else (midpoint(lo, hi, log),)
+        out.append(Bracket(lo, hi, level_from, level_to, width, points, "bisect", root))
     return out
