@@ -15,7 +15,9 @@ Each bracket wider than P gets new points:
 - Otherwise (no order parameter, or an estimate outside the bracket) the bracket is bisected:
   its geometric midpoint on a log axis, the arithmetic one otherwise. A bracket that holds sampled
   points itself (where seeds split evenly, the mean sits on the level boundary and the bracket
-  spans the points around it) has each of its sub-intervals wider than P bisected instead.
+  spans the points around it) has each of its sub-intervals wider than P bisected, and no secant.
+  A bracket whose sub-intervals are all within P is done for sampling even if it is wider: the
+  seeds disagree across it, and only more seeds narrow it.
 A level count alone halves a bracket per round; the secant uses how far the order parameter
 still is from 0, which a count throws away, and for a linear order parameter lands on the root.
 """
@@ -90,14 +92,14 @@ def brackets(xs: np.ndarray, means: np.ndarray, precision: float, log: bool,
         if width <= precision:
             out.append(Bracket(lo, hi, level_from, level_to, width, (), "done", root))
             continue
-        if root is not None and lo < root < hi:
+        inner = [(float(a), float(b)) for a, b in zip(xs[p:q], xs[p + 1:q + 1]) if relative_width(a, b, log) > precision]
+        halves = tuple(midpoint(a, b, log) for a, b in inner)
+        if root is not None and lo < root < hi and q - p == 1:
             step = precision / 3
             pair = (root * (1 - step), root * (1 + step)) if log else (root - step * abs(root), root + step * abs(root))
             inside = tuple(x for x in pair if lo < x < hi)
             if inside:
                 out.append(Bracket(lo, hi, level_from, level_to, width, inside, "secant", root))
                 continue
-        inner = [(float(a), float(b)) for a, b in zip(xs[p:q], xs[p + 1:q + 1]) if relative_width(a, b, log) > precision]
-        points = tuple(midpoint(a, b, log) for a, b in inner) if q - p > 1 else (midpoint(lo, hi, log),)
-        out.append(Bracket(lo, hi, level_from, level_to, width, points, "bisect", root))
+        out.append(Bracket(lo, hi, level_from, level_to, width, halves, "bisect", root))
     return out
