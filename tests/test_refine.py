@@ -132,3 +132,20 @@ def test_a_bracket_around_split_seeds_bisects_its_parts():
     (b,) = brackets(xs, means, 0.01, log=True)
     assert (b.lo, b.hi) == (1.0, 4.0)
     assert b.proposals == pytest.approx((math.sqrt(2), math.sqrt(8)))
+
+
+def test_with_two_axes_a_new_row_goes_where_the_boundary_moves_between_rows():
+    study = optuna.create_study(direction="minimize")
+    dist = {"gamma": optuna.distributions.FloatDistribution(0.1, 10, log=True),
+            "temperature": optuna.distributions.FloatDistribution(0.01, 0.1)}
+    # rows T = 0.01 and 0.1: the boundary sits in [1, 1.009] and in [2, 2.018], both brackets done
+    for t, points in ((0.01, [(0.5, 1), (1.0, 1), (1.009, 0), (4.0, 0)]), (0.1, [(0.5, 1), (2.0, 1), (2.018, 0), (4.0, 0)])):
+        for gamma, mean in points:
+            study.add_trial(optuna.trial.create_trial(params={"gamma": gamma, "temperature": t}, distributions=dist,
+                                                      value=0.5, user_attrs={"mean": mean, "order": None}))
+    sampler = BoundarySampler("gamma", [], precision=0.01, log=True, rows="temperature", rows_log=False)
+    found = sampler.proposals(study)
+    assert found == [{"gamma": 1.0, "temperature": pytest.approx(0.055)},
+                     {"gamma": 2.018, "temperature": pytest.approx(0.055)}]
+    flat = BoundarySampler("gamma", ["temperature"], precision=0.01, log=True)
+    assert flat.proposals(study) == []            # one axis: each row is done

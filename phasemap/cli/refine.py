@@ -1,6 +1,7 @@
 """`phasemap refine`: locate phase boundaries adaptively, starting from a sweep file's grid.
 
     phasemap refine sweeps/validation/linear-rank.yaml --metric weight_rank --axis gamma --precision 0.01
+    phasemap refine sweeps/validation/scalar-noise.yaml --metric weight_rank --axis gamma --axis temperature
     phasemap critical results/linear-rank --metric weight_rank --axis gamma
 """
 
@@ -21,7 +22,8 @@ from phasemap.spec import SpecError, load_spec
 def refine(
     spec: Path = typer.Argument(..., help="Sweep file (YAML): its grid is the coarse start and the refined axis's range."),
     metric: str = typer.Option(..., "--metric", help="The count whose level changes are the boundaries, e.g. weight_rank."),
-    axis: str = typer.Option(..., "--axis", help="The axis to refine (a float key of the grid, e.g. gamma)."),
+    axis: list[str] = typer.Option(..., "--axis", help="The axis to refine (a float key of the grid, e.g. gamma); "
+                                   "a second --axis (e.g. temperature) follows the boundary line through the plane."),
     precision: float = typer.Option(0.01, "--precision", help="Relative width at which a bracket is done "
                                     "(x_hi / x_lo - 1 on a log axis)."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Most runs for the study, coarse grid included "
@@ -83,6 +85,6 @@ def refine(
                       "order parameter reaches 0: finite training moves the observed boundary there (critical "
                       "slowing down); the estimate is the converged one, or train longer (--set train.steps=...)",
                       highlight=False)
-    console.print(f"next: phasemap critical {results} --metric {metric} --axis {axis}", highlight=False)
+    console.print(f"next: phasemap critical {results} --metric {metric} --axis {axis[0]}", highlight=False)
     if result.stopped != "done":
         raise typer.Exit(1)

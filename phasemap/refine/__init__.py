@@ -74,16 +74,12 @@ def objective(mean: float, order: list[float] | None) -> float:
     return float(0.5 - abs(mean - round(mean)))
 
 
-def _check(spec: SweepSpec, metric: str, axis: str, precision: float, sampler: str) -> dict[str, list]:
+def _check(spec: SweepSpec, metric: str, refined: list[str], precision: float, sampler: str) -> dict[str, list]:
     grid = axes(spec)
-    if axis not in grid:
-        raise SpecError(f"--axis {axis}: not an axis of the sweep's grid (its axes: {', '.join(grid) or 'none'}); "
-                        "the grid gives the refined axis's range", key="axis")
-    if store._python_type(FIELDS[axis].annotation) is not float:
-        raise SpecError(f"--axis {axis}: refine needs a continuous axis (a float key such as gamma, temperature, "
-                        "sigma or lr)", key="axis")
-    if len(grid[axis]) < 2:
-        raise SpecError(f"--axis {axis}: the grid gives it one value; the coarse start needs at least two", key="axis")
+    if not 1 <= len(refined) <= 2 or len(set(refined)) != len(refined):
+        raise SpecError(f"--axis: give one axis, or two different ones (got {', '.join(refined) or 'none'})", key="axis")
+    for axis in refined:
+        _check_axis(grid, axis)
     if metric not in METRICS:
         raise SpecError(f"--metric {metric}: refine follows level changes of a count ({', '.join(METRICS)})",
                         key="metric")
@@ -92,6 +88,17 @@ def _check(spec: SweepSpec, metric: str, axis: str, precision: float, sampler: s
     if sampler not in NAMES:
         raise SpecError(f"--sampler {sampler}: use one of {', '.join(NAMES)}", key="sampler")
     return grid
+
+
+def _check_axis(grid: dict[str, list], axis: str) -> None:
+    if axis not in grid:
+        raise SpecError(f"--axis {axis}: not an axis of the sweep's grid (its axes: {', '.join(grid) or 'none'}); "
+                        "the grid gives the refined axis's range", key="axis")
+    if store._python_type(FIELDS[axis].annotation) is not float:
+        raise SpecError(f"--axis {axis}: refine needs a continuous axis (a float key such as gamma, temperature, "
+                        "sigma or lr)", key="axis")
+    if len(grid[axis]) < 2:
+        raise SpecError(f"--axis {axis}: the grid gives it one value; the coarse start needs at least two", key="axis")
 
 
 def _storage(out: str, storage: str | None) -> str:
@@ -132,12 +139,15 @@ def _point_stats(rows: pl.DataFrame, metric: str) -> tuple[float | None, list[fl
     return mean, np.nanmean([list(v) + [np.nan] * (width - len(v)) for v in lists], axis=0).tolist()
 
 
-def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precision: float = 0.01,
+def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path, *, precision: float = 0.01,
            budget: int | None = None, per_round: int | None = None, sampler: str = "boundary",
            storage: str | None = None, address: str | None = None, device: str = "auto",
            num_cpus: int | None = None, chunk: int | None = None,
            on_round: Callable[[int, int, int], None] | None = None) -> RefineResult:
     """Refine the boundaries of `metric` along `axis` (see the module docstring); return what was done.
+
+    axis: one axis, or two: [A, B] refines along A in rows of B and adds rows of B where the
+    boundary moves (BoundarySampler); Optuna's samplers then propose both.
 
     budget: the most runs (configs, seeds counted) for the study, coarse grid included (default:
     four times the coarse grid); per_round: the most points per round (default: as many as the
@@ -150,12 +160,15 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
     from phasemap.executor import ray_session, run_configs
     from phasemap.plan import Pending, pending
 
-    grid = _check(spec, metric, axis, precision, sampler)
+    refined = [axis] if isinstance(axis, str) else list(axis)
+    grid = _check(spec, metric, refined, precision, sampler)
+    axis, rows = refined[0], (refined[1] if len(refined) == 2 else None)
     out = store.normalize(out)
     values = grid[axis]
     log = use_log(np.array(values, dtype=float))
+    rows_log = rows is not None and use_log(np.array(grid[rows], dtype=float))
     seeds = grid.get("seed", [spec.train.seed])
-    group_keys = [k for k in grid if k not in (axis, "seed")]
+    group_keys = [k for k in grid if k not in (*refined, "seed")]
     coarse_runs = math.prod(len(v) for v in grid.values())
     budget = budget if budget is not None else 4 * coarse_runs
     if budget < coarse_runs:
@@ -167,17 +180,18 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
     # The study belongs to this exact sweep: another train.steps (or any other value) is another study.
     digest = hashlib.blake2b(json.dumps([base_flat(spec), grid], sort_keys=True, default=str).encode(),
                              digest_size=4).hexdigest()
-    name = f"{spec.name}:{metric}:{axis}:{sampler}:{digest}"
-    chosen = make_sampler(sampler, axis, group_keys, precision, log)
+    name = f"{spec.name}:{metric}:{'+'.join(refined)}:{sampler}:{digest}"
+    chosen = make_sampler(sampler, axis, group_keys, precision, log, rows, rows_log)
     study = _open_study(name, storage, chosen)
-    boundary = chosen if isinstance(chosen, BoundarySampler) else BoundarySampler(axis, group_keys, precision, log)
-    distributions = {axis: FloatDistribution(min(values), max(values), log=log),
-                     **{g: CategoricalDistribution(tuple(grid[g])) for g in group_keys}}
+    boundary = (chosen if isinstance(chosen, BoundarySampler)
+                else BoundarySampler(axis, group_keys, precision, log, rows, rows_log))
+    distributions = {a: FloatDistribution(min(grid[a]), max(grid[a]), log=use_log(np.array(grid[a], dtype=float)))
+                     for a in refined} | {g: CategoricalDistribution(tuple(grid[g])) for g in group_keys}
     base, explicit = base_flat(spec), spec.explicit_keys()
     run_kw = dict(address=address, device=device, chunk=chunk)
 
     def configs_of(params: dict) -> list[dict]:
-        point = {**{k: params[k] for k in group_keys}, axis: params[axis]}
+        point = {**{k: params[k] for k in group_keys}, **{a: params[a] for a in refined}}
         return [resolve(base, {**point, "seed": s} if "seed" in grid else point, explicit) for s in seeds]
 
     def read(run_ids: set[str]) -> pl.DataFrame:
@@ -226,8 +240,8 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
                                        f"{': ' + summary.fatal if summary.fatal else ''}); run refine again",
                                        retryable=False)
         known = [t.params for t in study.get_trials(deepcopy=False)]
-        fresh = [p for p in (dict(zip([axis, *group_keys], combo)) for combo in
-                             itertools.product(values, *(grid[g] for g in group_keys)))
+        fresh = [p for p in (dict(zip([*refined, *group_keys], combo)) for combo in
+                             itertools.product(*(grid[a] for a in refined), *(grid[g] for g in group_keys)))
                  if p not in known]
         if fresh:
             told(fresh)
@@ -239,7 +253,8 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
         while True:
             used = len({r for t in study.get_trials(deepcopy=False) for r in t.user_attrs.get("run_ids", [])})
             left = (budget - used) // len(seeds)
-            want = len(boundary.proposals(study)) if chosen is boundary else (per_round or max(1, _n_groups(grid, group_keys)))
+            want = (len(boundary.proposals(study)) if chosen is boundary
+                    else per_round or max(1, _n_groups(grid, [*group_keys, *refined[1:]])))
             if want == 0:
                 stopped = "done"
                 break
@@ -249,19 +264,20 @@ def refine(spec: SweepSpec, metric: str, axis: str, out: str | Path, *, precisio
             trials = [study.ask() for _ in range(n)]
             params = []
             for trial in trials:
-                x = canonical(trial.suggest_float(axis, min(values), max(values), log=log))
+                point = {a: canonical(trial.suggest_float(a, d.low, d.high, log=d.log))
+                         for a, d in distributions.items() if a in refined}
                 group = {g: trial.suggest_categorical(g, tuple(grid[g])) for g in group_keys}
-                params.append({axis: x, **group})
+                params.append({**point, **group})
             train([c for p in params for c in configs_of(p)])
             told(params, trials)
             rounds += 1
             if on_round:
                 on_round(rounds, len(study.get_trials(deepcopy=False)), used + n * len(seeds))
     used = len({r for t in study.get_trials(deepcopy=False) for r in t.user_attrs.get("run_ids", [])})
-    report = [{**dict(zip(group_keys, key)), "lo": b.lo, "hi": b.hi, "from": b.level_from, "to": b.level_to,
+    report = [{**dict(zip(boundary.groups, key)), "lo": b.lo, "hi": b.hi, "from": b.level_from, "to": b.level_to,
                "width": b.width, "done": b.method == "done", "estimate": b.estimate}
               for key, found in boundary.brackets(study).items() for b in found]
-    if report and all(r["done"] for r in report):
+    if report and all(r["done"] for r in report) and not (chosen is boundary and boundary.proposals(study)):
         stopped = "done"
     elif stopped == "done":         # nothing left to propose, yet brackets are open
         stopped = "stuck"

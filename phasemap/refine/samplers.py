@@ -17,7 +17,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from phasemap.refine.boundary import Bracket, brackets
+from phasemap.refine.boundary import Bracket, brackets, midpoint, relative_width
 
 NAMES = ("boundary", "qmc", "tpe", "gp", "random")
 
@@ -28,10 +28,21 @@ def _same(a: float, b: float) -> bool:
 
 class BoundarySampler(optuna.samplers.BaseSampler):
     """Proposes the points of `refine.boundary` inside every bracket wider than `precision`, for
-    each group of the other axes, widest brackets first; proposes nothing once all are done."""
+    each group of the other axes, widest brackets first; proposes nothing once all are done.
 
-    def __init__(self, axis: str, groups: list[str], precision: float, log: bool):
-        self.axis, self.groups, self.precision, self.log = axis, groups, precision, log
+    With a second refined axis (`rows`, e.g. temperature), every sampled value of it is a row
+    refined along `axis` as above, and a new row goes between two neighbouring rows (at their
+    midpoint, geometric when `rows_log`) wherever a level change the two share sits more than
+    `precision` apart in `axis` and the rows are more than `precision` apart: the boundary line
+    is followed through the plane, densest where it bends. A new row starts with the two points
+    that enclose both rows' brackets.
+    """
+
+    def __init__(self, axis: str, groups: list[str], precision: float, log: bool, rows: str | None = None,
+                 rows_log: bool = False):
+        self.axis, self.precision, self.log = axis, precision, log
+        self.rows, self.rows_log = rows, rows_log
+        self.groups = [*groups, rows] if rows else list(groups)      # a row is one more group of the 1-D search
         self._fallback = optuna.samplers.RandomSampler(seed=0)
 
     def curves(self, study: optuna.Study) -> dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -57,20 +68,52 @@ class BoundarySampler(optuna.samplers.BaseSampler):
         return {key: brackets(xs, means, self.precision, self.log, order)
                 for key, (xs, means, order) in self.curves(study).items()}
 
+    def new_rows(self, found: dict[tuple, list[Bracket]]) -> list[tuple[float, dict]]:
+        """(priority, params) of the first points of new rows between neighbouring rows."""
+        if not self.rows:
+            return []
+        by_group: dict[tuple, list[tuple[float, list[Bracket]]]] = {}
+        for key, group in found.items():
+            by_group.setdefault(key[:-1], []).append((key[-1], group))
+        out = []
+        for outer, rows in by_group.items():
+            rows.sort(key=lambda r: r[0])
+            for (b1, lower), (b2, upper) in zip(rows, rows[1:]):
+                if relative_width(b1, b2, self.rows_log) <= self.precision:
+                    continue
+                pairs = {(b.level_from, b.level_to): b for b in upper}
+                for b in lower:
+                    other = pairs.get((b.level_from, b.level_to))
+                    if other is None:
+                        continue
+                    at = [x.estimate if x.estimate is not None else midpoint(x.lo, x.hi, self.log) for x in (b, other)]
+                    if relative_width(min(at), max(at), self.log) <= self.precision:
+                        continue
+                    row = midpoint(b1, b2, self.rows_log)
+                    for x in (min(b.lo, other.lo), max(b.hi, other.hi)):
+                        out.append((-relative_width(min(at), max(at), self.log),
+                                    {self.axis: x, **dict(zip(self.groups, (*outer, row)))}))
+        return out
+
     def proposals(self, study: optuna.Study) -> list[dict]:
         """The points still to sample, widest brackets first, without those already asked for."""
         taken = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE,
-                                                                              TrialState.WAITING))]
-        found = []
-        for key, group in self.brackets(study).items():
-            for b in group:
-                for x in b.proposals:
-                    params = {self.axis: x, **dict(zip(self.groups, key))}
-                    if not any(p.get(self.axis) is not None and _same(p[self.axis], x)
-                               and all(p.get(g) == params[g] for g in self.groups) for p in taken):
-                        found.append((-b.width, params))
-        found.sort(key=lambda item: item[0])
-        return [params for _, params in found]
+                                                                              TrialState.WAITING, TrialState.FAIL))]
+        found = self.brackets(study)
+        candidates = [(-b.width, {self.axis: x, **dict(zip(self.groups, key))})
+                      for key, group in found.items() for b in group for x in b.proposals]
+        out, seen = [], []
+        for priority, params in sorted(candidates + self.new_rows(found), key=lambda item: item[0]):
+            if not any(self._same_point(p, params) for p in taken + seen):
+                out.append(params)
+                seen.append(params)
+        return out
+
+    def _same_point(self, a: dict, b: dict) -> bool:
+        if a.get(self.axis) is None or not _same(a[self.axis], b[self.axis]):
+            return False
+        return all(_same(a.get(g), b[g]) if isinstance(b[g], float) and isinstance(a.get(g), float)
+                   else a.get(g) == b[g] for g in self.groups)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return optuna.search_space.intersection_search_space(study.get_trials(deepcopy=False,
@@ -87,11 +130,11 @@ class BoundarySampler(optuna.samplers.BaseSampler):
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
 
-def make_sampler(name: str, axis: str, groups: list[str], precision: float, log: bool,
-                 seed: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, axis: str, groups: list[str], precision: float, log: bool, rows: str | None = None,
+                 rows_log: bool = False, seed: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler called `name` (NAMES); Optuna's are seeded, so a comparison is repeatable."""
     if name == "boundary":
-        return BoundarySampler(axis, groups, precision, log)
+        return BoundarySampler(axis, groups, precision, log, rows, rows_log)
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     if name == "tpe":
