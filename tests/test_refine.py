@@ -149,3 +149,14 @@ def test_with_two_axes_a_new_row_goes_where_the_boundary_moves_between_rows():
                      {"gamma": 2.018, "temperature": pytest.approx(0.055)}]
     flat = BoundarySampler("gamma", ["temperature"], precision=0.01, log=True)
     assert flat.proposals(study) == []            # one axis: each row is done
+
+
+def test_two_axes_must_differ_and_both_be_continuous(tmp_path):
+    spec = write_spec(tmp_path, "  lr: [0.1, 0.2]\n")
+    base = ["refine", str(spec), "--metric", "weight_rank", "--out", str(tmp_path / "out")]
+    same = CliRunner().invoke(app, base + ["--axis", "gamma", "--axis", "gamma"])
+    assert same.exit_code == 2 and "two different ones" in same.output
+    seed = CliRunner().invoke(app, base + ["--axis", "gamma", "--axis", "seed"])
+    assert seed.exit_code == 2 and "--axis seed: refine needs a continuous axis" in seed.output
+    three = CliRunner().invoke(app, base + ["--axis", "gamma", "--axis", "lr", "--axis", "seed"])
+    assert three.exit_code == 2 and "give one axis, or two" in three.output
