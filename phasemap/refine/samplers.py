@@ -86,12 +86,14 @@ class BoundarySampler(optuna.samplers.BaseSampler):
                     other = pairs.get((b.level_from, b.level_to))
                     if other is None:
                         continue
-                    at = [x.estimate if x.estimate is not None else midpoint(x.lo, x.hi, self.log) for x in (b, other)]
-                    if relative_width(min(at), max(at), self.log) <= self.precision:
+                    # The rows' brackets, as intervals: where they overlap, or sit within the precision
+                    # of each other, the line between the rows is known as well as the rows themselves.
+                    near, far = min(b.hi, other.hi), max(b.lo, other.lo)
+                    if far <= near or relative_width(near, far, self.log) <= self.precision:
                         continue
                     row = midpoint(b1, b2, self.rows_log)
                     for x in (min(b.lo, other.lo), max(b.hi, other.hi)):
-                        out.append((-relative_width(min(at), max(at), self.log),
+                        out.append((-relative_width(near, far, self.log),
                                     {self.axis: x, **dict(zip(self.groups, (*outer, row)))}))
         return out
 
