@@ -126,3 +126,17 @@ def run_cli(capsys):
         out, err = capsys.readouterr()
         return done.value.code, out, err
     return run
+
+
+def wait_for_a_chunk(out, driver, tries: int = 600) -> None:
+    """Until a `phasemap run` driver (a Popen) has written its first results file, or has ended;
+    fail when no chunk finished."""
+    import time
+
+    from phasemap import store
+
+    for _ in range(tries):
+        if store.files(out) or driver.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert store.files(out), "no chunk finished"

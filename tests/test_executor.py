@@ -15,6 +15,7 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
+from conftest import wait_for_a_chunk
 from phasemap import store
 from phasemap.cli import app
 from phasemap.grid import expand
@@ -268,11 +269,7 @@ def test_a_signal_stops_the_sweep_keeps_finished_chunks_and_says_what_is_missing
          "--set", "train.steps=20000", "--chunk", "4", "--num-cpus", "2"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        for _ in range(600):
-            if store.files(out) or driver.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert store.files(out), "no chunk finished"
+        wait_for_a_chunk(out, driver)
         assert "raylet" in session_processes(driver.pid)
         driver.send_signal(signum)
         stdout, stderr = driver.communicate(timeout=120)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import configs_of, tiny_raw
+from conftest import configs_of, tiny_raw, wait_for_a_chunk
 from phasemap import backends, columns, engine, recording, store
 from phasemap.analysis.dynamics import breaking_times, chance, coincidence, drop_times, loss_rates, run_dynamics
 from phasemap.cli import app
@@ -254,7 +254,6 @@ def test_a_killed_recorded_sweep_resumes_with_runs_and_traces_exactly_once(tmp_p
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
@@ -264,11 +263,7 @@ def test_a_killed_recorded_sweep_resumes_with_runs_and_traces_exactly_once(tmp_p
     driver = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        for _ in range(600):
-            if store.files(out) or driver.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert store.files(out), "no chunk finished"
+        wait_for_a_chunk(out, driver)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)          # the whole session, Ray included, mid-write or not
         driver.wait()
