@@ -1,5 +1,6 @@
 """train.record: record steps, traces that change no numbers, the second table beside the runs, settled."""
 
+import json
 import math
 import numpy as np
 import pandas as pd
@@ -221,7 +222,7 @@ def test_phasemap_dynamics_reports_every_recorded_run_as_json(tiny, tmp_path):
     _, rows, traces = write_recorded(tiny, out, record={"log": 30})
     result = CliRunner().invoke(app, ["dynamics", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    lines = [__import__("json").loads(line) for line in result.output.splitlines()]
+    lines = [json.loads(line) for line in result.output.splitlines()]
     assert {r["run_id"] for r in lines} == {r["run_id"] for r in rows}
     frame = pl.DataFrame(traces)
     for obj in lines:
