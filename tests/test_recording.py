@@ -2,6 +2,7 @@
 
 import json
 import math
+
 import numpy as np
 import pandas as pd
 import polars as pl
