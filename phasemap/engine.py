@@ -275,7 +275,8 @@ def fit(batch: Batch, backend: str | None = None, observe=None) -> Result:
     float rounding; a backend that cannot train the batch is a ValueError saying why.
     observe: None, or a callable with a sorted list `steps`: the loop stops after each of those
     steps (a backend's multi-step call ends there) and calls observe(step, params, diverged_step),
-    step 0 (the initial state) before the first step; it must not change params. Stops change no numbers: a step is the same whichever call runs it.
+    step 0 (the initial state) before the first step; it must not change params. Stops change no
+    numbers: a step is the same whichever call runs it.
     """
     start = time.perf_counter()
     if backend is None:

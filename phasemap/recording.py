@@ -108,10 +108,11 @@ class Recorder:
                       for name, x, y in (("train_loss", b.x, b.y), ("test_loss", b.x_test, b.y_test))}
             metrics = self.family.trace(params, th, **b.arch)
         alive = alive.tolist()
+        measured = {**losses, **metrics}
         for r, step in enumerate(steps):
             for i in range(m):
                 k = r * m + i
-                values = {name: (col[k] if alive[k] else None) for name, col in {**losses, **metrics}.items()}
+                values = {name: (col[k] if alive[k] else None) for name, col in measured.items()}
                 if step in self.record:
                     self._rows[i].append({"step": step, **{c: values.get(c) for c in columns.TRACE if c in values}})
                 if step == self.settle:

@@ -43,8 +43,7 @@ def _thresholds(configs: list[dict], device) -> dict[str, torch.Tensor]:
 
 def _metric_rows(configs: list[dict], result: engine.Result, batch: engine.Batch,
                  recorder: recording.Recorder) -> list[dict]:
-    metrics = models.get(batch.family).measure(result.params, batch.x_test, _thresholds(configs, batch.x.device),
-                                               **batch.arch)
+    metrics = models.get(batch.family).measure(result.params, batch.x_test, recorder.th, **batch.arch)
     diverged = result.diverged.tolist()
     div_step = result.diverged_step.tolist()
     train_loss, test_loss = result.train_loss.tolist(), result.test_loss.tolist()

@@ -148,21 +148,14 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
     weights = [w.double() for w in weights]
     biases = [b.double() for b in biases]
     n_models = weights[0].shape[0]
-    odd = activation in ODD
-    flags = {key: th[key].bool() if key in th else torch.full((n_models,), default, device=weights[0].device)
-             for key, default in (("sign_identify", True), ("delta_relative", False))}
-    th = {k: v.double() for k, v in th.items() if k not in flags}
-    sign = flags["sign_identify"] if odd else torch.zeros_like(flags["sign_identify"])
+    th = _thresholds(th, n_models, weights[0].device)
     layers: dict[str, list[list]] = {k: [[] for _ in range(n_models)] for k in
                                      ("n_distinct", "n_dead", "n_dos", "n_dosb", "symmetry_class", "groups")}
     deltas: list[list[float]] = [[] for _ in range(n_models)]
     for layer in range(len(weights) - 1):
-        vec = neuron_vectors(weights, biases, layer)
-        width = vec.shape[1]
-        dead = dead_mask(vec.norm(dim=2), th["dead_threshold"], th["dead_relative"])
-        delta, order = neighbour_deltas(vec, sign, flags["delta_relative"])
-        n_dos = symmetric_pairs(delta, order, dead, th["delta_threshold"]).sum(dim=1)
-        labels = group_labels(vec, dead, th["distinct_threshold"], odd).tolist()
+        dead, delta, n_dos, labels = _layer(weights, biases, layer, activation, th)
+        labels = labels.tolist()
+        width = dead.shape[1]
         n_dead = dead.sum(dim=1).tolist()
         for i in range(n_models):
             layers["n_distinct"][i].append(len({g for g in labels[i] if g >= 0}))
@@ -194,6 +187,27 @@ def measure(weights: list[Tensor], biases: list[Tensor], x_test: Tensor, activat
     return out
 
 
+def _thresholds(th: dict[str, Tensor], n_models: int, device) -> dict[str, Tensor]:
+    """th in float64, with the flags sign_identify and delta_relative as booleans (absent: on, off)."""
+    out = {k: v.double() for k, v in th.items() if k not in ("sign_identify", "delta_relative")}
+    for key, default in (("sign_identify", True), ("delta_relative", False)):
+        out[key] = th[key].bool() if key in th else torch.full((n_models,), default, device=device)
+    return out
+
+
+def _layer(weights: list[Tensor], biases: list[Tensor], layer: int, activation: str,
+           th: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One hidden layer's dead mask (M, h), norm-neighbour deltas (M, h - 1), n_dos (M,) and group
+    labels (M, h); th from _thresholds."""
+    odd = activation in ODD
+    vec = neuron_vectors(weights, biases, layer)
+    dead = dead_mask(vec.norm(dim=2), th["dead_threshold"], th["dead_relative"])
+    sign = th["sign_identify"] if odd else torch.zeros_like(th["sign_identify"])
+    delta, order = neighbour_deltas(vec, sign, th["delta_relative"])
+    n_dos = symmetric_pairs(delta, order, dead, th["delta_threshold"]).sum(dim=1)
+    return dead, delta, n_dos, group_labels(vec, dead, th["distinct_threshold"], odd)
+
+
 def trace(weights: list[Tensor], biases: list[Tensor], activation: str, th: dict[str, Tensor]) -> dict[str, list]:
     """The metrics a training trace records (columns.TRACE_METRICS), for M models: the first hidden
     layer's deltas, n_dos and n_distinct, and weight_rank; cheaper than `measure` (no partition,
@@ -205,16 +219,9 @@ def trace(weights: list[Tensor], biases: list[Tensor], activation: str, th: dict
         none = [None] * n_models
         return {"deltas": none, "n_dos": none, "n_distinct": none, "layer_n_dos": none,
                 "weight_rank": _product_rank(weights, th).tolist()}
-    flags = {key: th[key].bool() if key in th else torch.full((n_models,), default, device=weights[0].device)
-             for key, default in (("sign_identify", True), ("delta_relative", False))}
-    odd = activation in ODD
-    sign = flags["sign_identify"] if odd else torch.zeros_like(flags["sign_identify"])
-    vec = neuron_vectors(weights, biases, 0)
-    dead = dead_mask(vec.norm(dim=2), th["dead_threshold"].double(), th["dead_relative"].double())
-    delta, order = neighbour_deltas(vec, sign, flags["delta_relative"])
-    n_dos = symmetric_pairs(delta, order, dead, th["delta_threshold"].double()).sum(dim=1)
-    labels = group_labels(vec, dead, th["distinct_threshold"].double(), odd)
-    distinct = torch.zeros(n_models, vec.shape[1] + 1, dtype=torch.bool, device=vec.device)
+    th = _thresholds(th, n_models, weights[0].device)
+    dead, delta, n_dos, labels = _layer(weights, biases, 0, activation, th)
+    distinct = torch.zeros(n_models, dead.shape[1] + 1, dtype=torch.bool, device=dead.device)
     distinct.scatter_(1, labels.clamp_min(-1) + 1, True)           # column 0 collects the dead (-1)
     return {"deltas": delta.tolist(), "n_dos": n_dos.tolist(), "n_distinct": distinct[:, 1:].sum(dim=1).tolist(),
             "layer_n_dos": [None] * n_models, "weight_rank": _product_rank(weights, th).tolist()}
