@@ -78,16 +78,16 @@ def _retryable(err: Exception) -> bool:
     return getattr(err, "errno", None) not in _FINAL_ERRNOS
 
 
-def _python_type(annotation) -> type | None:
+def python_type(annotation) -> type | None:
     """int, float, bool or str behind a field's annotation (Annotated, Literal, Optional unwrapped)."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _python_type(get_args(annotation)[0])
+        return python_type(get_args(annotation)[0])
     if origin is Literal:
         kinds = {type(v) for v in get_args(annotation)}
         return kinds.pop() if len(kinds) == 1 else None
     if origin in (Union, types.UnionType):
-        kinds = {_python_type(a) for a in get_args(annotation) if a is not type(None)}
+        kinds = {python_type(a) for a in get_args(annotation) if a is not type(None)}
         return kinds.pop() if len(kinds) == 1 else None
     return annotation if annotation in _PY_TO_ARROW else None
 
@@ -98,7 +98,7 @@ def _config_type(key: str) -> pa.DataType:
     if key in DERIVED_TYPES:
         return DERIVED_TYPES[key]
     if key in FIELDS:
-        kind = _python_type(FIELDS[key].annotation)
+        kind = python_type(FIELDS[key].annotation)
         if kind is None:
             raise KeyError(f"config key {key!r} has no plain Arrow type: add it to columns.DERIVED")
         return _PY_TO_ARROW[kind]

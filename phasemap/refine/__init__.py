@@ -94,7 +94,7 @@ def _check_axis(grid: dict[str, list], axis: str) -> None:
     if axis not in grid:
         raise SpecError(f"--axis {axis}: not an axis of the sweep's grid (its axes: {', '.join(grid) or 'none'}); "
                         "the grid gives the refined axis's range", key="axis")
-    if store._python_type(FIELDS[axis].annotation) is not float:
+    if store.python_type(FIELDS[axis].annotation) is not float:
         raise SpecError(f"--axis {axis}: refine needs a continuous axis (a float key such as gamma, temperature, "
                         "sigma or lr)", key="axis")
     if len(grid[axis]) < 2:
