@@ -199,7 +199,9 @@ def test_a_sweep_survives_a_killed_worker_process(cluster, tmp_path):
 
 def test_a_driver_killed_mid_sweep_then_resubmitted_runs_only_the_missing_configs(cluster, tmp_path):
     out = tmp_path / "out"
-    spec = write_sweep(tmp_path, "killdriver", 40000)
+    # Chunks long enough that the ones in flight when the driver dies cannot all finish before Ray
+    # tears them down (at 40,000 steps a fast machine sometimes finished every chunk first).
+    spec = write_sweep(tmp_path, "killdriver", 160000)
     job = submit(cluster, spec, out)
     wait_for(lambda: len(store.files(out)) >= 2, 180, "the first chunks")
     drivers = [p for p in descendants(node_pid(cluster, "head"))
