@@ -160,3 +160,19 @@ def test_two_axes_must_differ_and_both_be_continuous(tmp_path):
     assert seed.exit_code == 2 and "--axis seed: refine needs a continuous axis" in seed.output
     three = CliRunner().invoke(app, base + ["--axis", "gamma", "--axis", "lr", "--axis", "seed"])
     assert three.exit_code == 2 and "give one axis, or two" in three.output
+
+
+@pytest.mark.slow
+def test_with_two_axes_optunas_samplers_refine_on_the_grids_rows(tmp_path):
+    # Rows sampled anywhere would each hold one point and no bracket; on the grid's rows they are comparable.
+    spec = write_spec(tmp_path, "  lr: [0.1, 0.2]\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["refine", str(spec), "--metric", "weight_rank", "--axis", "gamma", "--axis", "lr",
+                                      "--sampler", "random", "--budget", "24", "--out", str(out), "--num-cpus", "2",
+                                      "--set", "train.steps=500", "--json"])
+    assert result.exit_code == 1, result.output                 # the budget ends it
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'refine.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 12 and {t.params["lr"] for t in trials} == {0.1, 0.2}
+    assert len({t.params["gamma"] for t in trials}) == 8       # 4 coarse values and 4 sampled ones
+    assert '"budget"' in result.output

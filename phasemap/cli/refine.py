@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -55,15 +56,23 @@ def refine(
         if not as_json:
             console.print(f"round {round_}: {points} points, {runs} runs", highlight=False)
 
+    from phasemap.executor import ClusterConnectError, SweepInterrupted
+    from phasemap.store import StoreError
+
     try:
         result = run_refine(sweep, metric, axis, results, precision=precision, budget=budget, per_round=per_round,
                             sampler=sampler, storage=storage, address=address, device=device, num_cpus=num_cpus,
                             on_round=progress)
     except SpecError as err:
         fail(str(err))
+    except (StoreError, ClusterConnectError) as err:
+        fail(f"{err}; the study keeps every point told so far", 1)
+    except SweepInterrupted as err:
+        fail(f"refine stopped by {signal.Signals(err.signum).name}; the study keeps every point told so far and "
+             "the round in flight is trained again: run the same command to resume", 128 + err.signum)
     if as_json:
         sys.stdout.write(json.dumps(result.__dict__, indent=2, default=str) + "\n")
-        return
+        raise typer.Exit(0 if result.stopped == "done" else 1)
     open_brackets = [b for b in result.brackets if not b["done"]]
     console.print(f"{result.study}: {result.points} points, {result.runs} runs of a budget of {result.budget} "
                   f"({result.coarse_runs} in the coarse grid), {result.rounds} rounds, {result.seconds:.0f} s; "

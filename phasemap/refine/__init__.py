@@ -147,7 +147,7 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
     """Refine the boundaries of `metric` along `axis` (see the module docstring); return what was done.
 
     axis: one axis, or two: [A, B] refines along A in rows of B and adds rows of B where the
-    boundary moves (BoundarySampler); Optuna's samplers then propose both.
+    boundary moves (BoundarySampler); Optuna's samplers refine A on the grid's rows of B.
 
     budget: the most runs (configs, seeds counted) for the study, coarse grid included (default:
     four times the coarse grid); per_round: the most points per round (default: as many as the
@@ -185,8 +185,12 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
     study = _open_study(name, storage, chosen)
     boundary = (chosen if isinstance(chosen, BoundarySampler)
                 else BoundarySampler(axis, group_keys, precision, log, rows, rows_log))
+    # Only the boundary sampler adds rows; Optuna's samplers refine along `axis` on the grid's rows, so
+    # that their brackets are comparable (a row sampled once has no bracket to report).
+    floating = refined if chosen is boundary else [axis]
+    choices = [*group_keys, *(a for a in refined if a not in floating)]
     distributions = {a: FloatDistribution(min(grid[a]), max(grid[a]), log=use_log(np.array(grid[a], dtype=float)))
-                     for a in refined} | {g: CategoricalDistribution(tuple(grid[g])) for g in group_keys}
+                     for a in floating} | {g: CategoricalDistribution(tuple(grid[g])) for g in choices}
     base, explicit = base_flat(spec), spec.explicit_keys()
     run_kw = dict(address=address, device=device, chunk=chunk)
 
@@ -265,8 +269,8 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
             params = []
             for trial in trials:
                 point = {a: canonical(trial.suggest_float(a, d.low, d.high, log=d.log))
-                         for a, d in distributions.items() if a in refined}
-                group = {g: trial.suggest_categorical(g, tuple(grid[g])) for g in group_keys}
+                         for a, d in distributions.items() if a in floating}
+                group = {g: trial.suggest_categorical(g, tuple(grid[g])) for g in choices}
                 params.append({**point, **group})
             train([c for p in params for c in configs_of(p)])
             told(params, trials)
