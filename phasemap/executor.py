@@ -1,6 +1,11 @@
-"""Run a sweep on Ray Tune: one trial per chunk of configs, each chunk trained as batches.
+"""Run a sweep: chunks of configs, each trained as batches and written as one Parquet file.
 
-An embedded local Ray is started (dashboard off) unless `address` names a running cluster.
+Two executors run the same chunk function (`train_and_write`: train, write the rows, count):
+- in this process, when no `address` is given and the sweep is small: the first chunks train
+  here, and the sweep stays here while the time projected for the rest is under
+  IN_PROCESS_SECONDS (about what starting Ray and Tune costs); otherwise the rest goes to
+- Ray Tune, one trial per chunk: an embedded local Ray (dashboard off) unless `address` names a
+  running cluster. Always with `address`, or executor="ray", or inside a Ray already started.
 Configs whose run_id is already in the results folder are skipped, so the same command
 resumes an interrupted sweep and a grown grid runs only its new points. Trials write their
 own Parquet files; the driver only counts, so thousands of configs make tens of trials.
@@ -35,6 +40,8 @@ from phasemap.spec import SweepSpec
 __all__ = ["ClusterConnectError", "ResourceError", "Summary", "SweepInterrupted", "init_ray", "plan_chunks",
            "ray_session", "run_configs", "run_sweep"]
 
+EXECUTORS = ("auto", "process", "ray")
+IN_PROCESS_SECONDS = 8.0    # a sweep projected to train in less stays in this process (Ray + Tune start: ~8 s here)
 CONNECT_TIMEOUT_S = 5.0     # a Ray head that does not answer a TCP + HTTP/2 hello in this time is not there
 NODE_WAIT_S = 60.0          # on a cluster, how long to wait for a node that can hold one trial to join
 
@@ -47,8 +54,10 @@ class ResourceError(ValueError):
     """A trial asks for resources that no node of the cluster has: it would wait forever."""
 
 
-class SweepInterrupted(Exception):
-    """A second SIGINT/SIGTERM: stop now, without waiting for Tune to wind down."""
+class SweepInterrupted(BaseException):
+    """A signal that stops the run now: the first during in-process training, the second during
+    Tune's wind-down. A BaseException, like KeyboardInterrupt, so that no `except Exception` (a
+    batch's failed rows, a chunk's retries) swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -69,6 +78,7 @@ class Summary:
     missing: int = 0                                  # configs not finished in out_dir after the run
     compacted: int = 0                                # duplicate rows removed (retried failures)
     chunks: int = 0
+    executor: str | None = None                       # process, ray, or process+ray (a sweep that outgrew this process)
     seconds: float = 0.0
     out_dir: str = ""
 
@@ -81,32 +91,35 @@ class Summary:
         return self.missing == 0 and self.interrupted is None and self.fatal is None and not self.failed_trials
 
 
-def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, device: str, threads: int) -> None:
-    """A Ray Tune trainable: train one chunk, write its file (and its traces), report the row count.
-
-    A write that no retry can fix (no space, no permission) is reported, not raised, so that
-    Tune does not train the chunk again; the driver then stops the sweep.
+def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str) -> dict:
+    """Train one chunk and write its file (and its traces); return the report the driver counts:
+    {"runs": n, "rows_ok": k, ...}, or {"runs": 0, "fatal": why} for a write that no retry can fix
+    (no space, no permission), so that the chunk is not trained again. A retryable write error raises.
     """
-    import torch
-    from ray import tune
-
     from phasemap.runner import train_chunk
 
-    torch.set_num_threads(threads)
-    rows, traces = train_chunk(chunks[config["chunk"]], device)
+    rows, traces = train_chunk(configs, device)
     for row in rows:
         row["sweep"] = sweep
     try:
         store.write_rows(rows, out_dir, traces)
     except store.StoreError as err:
         if err.retryable:
-            raise               # Tune retries the trial
-        tune.report({"runs": 0, "fatal": str(err)})
-        return
+            raise
+        return {"runs": 0, "fatal": str(err)}
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    tune.report({"runs": len(rows), **{f"rows_{k}": v for k, v in counts.items()}})
+    return {"runs": len(rows), **{f"rows_{k}": v for k, v in counts.items()}}
+
+
+def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, device: str, threads: int) -> None:
+    """A Ray Tune trainable: train_and_write one chunk and report (a retryable error: Tune retries)."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(threads)
+    tune.report(train_and_write(chunks[config["chunk"]], out_dir, sweep, device))
 
 
 def _quiet_tune() -> None:
@@ -207,18 +220,35 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, wait: float) -
                         f"(the largest has {cpus:g})" + (" next to the GPUs asked for" if gpus_per_trial else ""))
 
 
+# Set inside ray_session: a Ray that run_configs starts is kept for the session's later calls.
+_SESSION: dict = {}
+
+
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Keep one Ray up for several run_configs calls (started here unless one is running; shut
-    down at the end if started here)."""
-    own = init_ray(address, num_cpus)
+    """Keep one Ray for several run_configs calls: started by the first call that needs it (or
+    already running), shut down at the end if started here. Calls that run in this process
+    start none."""
+    outer = dict(_SESSION)
+    _SESSION.clear()
+    _SESSION.update(active=True, own=False)
     try:
         yield
     finally:
+        own = _SESSION.get("own")
+        _SESSION.clear()
+        _SESSION.update(outer)
         if own:
             import ray
 
             ray.shutdown()
+
+
+def _ray_running() -> bool:
+    """A Ray already up in this process (without importing ray, which takes a second)."""
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 # Tune pickles its run config to disk; what the driver's hooks need (a live progress bar, the
@@ -308,29 +338,34 @@ def _tune_logs_quiet() -> Iterator[None]:
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, chunk: int | None = None, address: str | None = None,
               device: str = "auto", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
               num_cpus: int | None = None, max_failures: int = 2, max_configs: int = DEFAULT_MAX_CONFIGS,
-              on_start: Callable[[int, int], None] | None = None,
+              executor: str = "auto", on_start: Callable[[int, int], None] | None = None,
               on_runs: Callable[[int], None] | None = None) -> Summary:
     """Run every config of `spec` not yet in `out_dir`; return what was written and what is missing.
 
-    on_start(total_to_run, already_done) and on_runs(n) let a caller drive a progress bar.
-    Raises SweepInterrupted when a second signal cuts the run short (Ray is shut down first).
+    executor: auto (this process for a small sweep, else Ray Tune; see the module docstring),
+    process (always here) or ray (always Ray Tune). on_start(total_to_run, already_done) and
+    on_runs(n) let a caller drive a progress bar. Raises SweepInterrupted when a signal cuts an
+    in-process run, or a second signal a Tune run, short (Ray is shut down first).
     """
     if cpus_per_trial <= 0:
         raise ResourceError(f"--cpus-per-trial {cpus_per_trial:g}: a trial needs a positive share of a CPU")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if executor == "process" and address:
+        raise ResourceError("--executor process trains in this process; --address needs Ray (--executor ray or auto)")
     todo = pending(spec, str(out_dir), max_configs, set_aside=True)
     return run_configs(spec.name, todo, chunk=chunk, address=address, device=device, cpus_per_trial=cpus_per_trial,
                        gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, max_failures=max_failures,
-                       on_start=on_start, on_runs=on_runs)
+                       executor=executor, on_start=on_start, on_runs=on_runs)
 
 
 def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: str | None = None,
                 device: str = "auto", cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-                num_cpus: int | None = None, max_failures: int = 2,
+                num_cpus: int | None = None, max_failures: int = 2, executor: str = "auto",
                 on_start: Callable[[int, int], None] | None = None,
                 on_runs: Callable[[int], None] | None = None) -> Summary:
     """Train todo.configs (resolved configs not yet in todo.out_dir) for the sweep `name`, as
-    run_sweep does; in a Ray that is already running (`ray_session`) it starts and stops none,
-    so several calls share one session."""
+    run_sweep does; inside `ray_session` a Ray it started is kept, so several calls share one."""
     started = time.perf_counter()
     out_dir = todo.out_dir
     summary = Summary(total=todo.total, skipped=todo.done, out_dir=out_dir)
@@ -345,16 +380,28 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
     own_ray = False
     with _signals(state) as arm:
         try:
-            own_ray = init_ray(address, num_cpus)
-            arm()
-            slots = check_resources(cpus_per_trial, gpus_per_trial, NODE_WAIT_S if address else 0)
-            _tune(name, todo.configs, out_dir, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
-                  cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_failures=max_failures,
-                  on_start=on_start)
+            rest = todo.configs
+            if executor == "process" or (executor == "auto" and not address and not _ray_running()):
+                summary.executor = "process"
+                if on_start:
+                    on_start(len(todo.configs), summary.skipped)
+                rest = _in_process(name, rest, out_dir, summary, state, device=device, max_failures=max_failures,
+                                   budget=None if executor == "process" else IN_PROCESS_SECONDS)
+            if rest and not state["fatal"]:
+                summary.executor = "ray" if summary.executor is None else "process+ray"
+                own_ray = init_ray(address, num_cpus)
+                arm()
+                slots = check_resources(cpus_per_trial, gpus_per_trial, NODE_WAIT_S if address else 0)
+                if on_start and summary.executor == "ray":     # once Ray answers: a refused address draws no bar
+                    on_start(len(todo.configs), summary.skipped)
+                _tune(name, rest, out_dir, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
+                      cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_failures=max_failures)
         finally:
             _WATCHED.pop(key, None)
             shutil.rmtree(tmp, ignore_errors=True)
-            if own_ray:
+            if own_ray and _SESSION.get("active"):
+                _SESSION["own"] = True            # ray_session shuts it down at its end
+            elif own_ray:
                 import ray
 
                 ray.shutdown()
@@ -365,15 +412,55 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
     return summary
 
 
+def _in_process(name: str, configs: list[dict], out_dir: str, summary: Summary, state: dict, *, device: str,
+                max_failures: int, budget: float | None) -> list[dict]:
+    """Train chunks here, one batch's worth at a time, through train_and_write; return the configs
+    left for Ray: none, unless `budget` is given and the time projected for the rest (from the
+    seconds per model-step so far) exceeds it. A write error is retried max_failures times."""
+    from phasemap.runner import DEFAULT_MAX_MODELS, pick_device
+
+    chunks = plan_chunks(configs, DEFAULT_MAX_MODELS[pick_device(device)], slots=1)
+    steps_left = sum(c["steps"] for c in configs)
+    steps_done, seconds = 0, 0.0
+    for i, part in enumerate(chunks):
+        if budget is not None and steps_done and seconds / steps_done * steps_left > budget:
+            return [c for rest in chunks[i:] for c in rest]
+        began = time.perf_counter()
+        for attempt in range(max_failures + 1):
+            try:
+                report = train_and_write(part, out_dir, name, device)
+                break
+            except Exception as err:  # noqa: BLE001 - as a Tune trial: retried, then counted with its reason
+                if attempt == max_failures:
+                    summary.failed_trials += 1
+                    summary.errors.append(_first_line(err))
+                    report = {}
+        summary.chunks += 1
+        seconds += time.perf_counter() - began
+        steps = sum(c["steps"] for c in part)
+        steps_done, steps_left = steps_done + steps, steps_left - steps
+        _count(summary, report)
+        if report.get("runs") and state["on_runs"]:
+            state["on_runs"](int(report["runs"]))
+        if report.get("fatal"):
+            state["fatal"] = report["fatal"]
+            return []
+    return []
+
+
+def _count(summary: Summary, metrics: dict) -> None:
+    for name, value in metrics.items():
+        if name.startswith("rows_") and isinstance(value, int):
+            summary.written[name[5:]] = summary.written.get(name[5:], 0) + value
+
+
 def _tune(name: str, configs: list[dict], out_dir: str, summary: Summary, state: dict, key: int, tmp: str,
-          *, chunk, slots, device, cpus_per_trial, gpus_per_trial, max_failures, on_start) -> None:
+          *, chunk, slots, device, cpus_per_trial, gpus_per_trial, max_failures) -> None:
     """Train `configs` as one Tune experiment, one trial per chunk; fill the summary's counts."""
     from ray import tune
 
     chunks = plan_chunks(configs, chunk, slots)
-    summary.chunks = len(chunks)
-    if on_start:
-        on_start(len(configs), summary.skipped)
+    summary.chunks += len(chunks)
     trainable = tune.with_parameters(
         _trial, chunks=chunks, out_dir=out_dir, sweep=name,
         device=device, threads=max(1, int(cpus_per_trial)))
@@ -396,9 +483,7 @@ def _tune(name: str, configs: list[dict], out_dir: str, summary: Summary, state:
             summary.failed_trials += 1
             summary.errors.append(_first_line(result.error))
             continue
-        for name, value in (result.metrics or {}).items():
-            if name.startswith("rows_") and isinstance(value, int):
-                summary.written[name[5:]] = summary.written.get(name[5:], 0) + value
+        _count(summary, result.metrics or {})
 
 
 def _first_line(error: BaseException) -> str:

@@ -140,3 +140,25 @@ def wait_for_a_chunk(out, driver, tries: int = 600) -> None:
             break
         time.sleep(0.2)
     assert store.files(out), "no chunk finished"
+
+
+def interrupt_after_a_chunk(args: list, out, signum: int, before_signal=None) -> tuple[int, str, int]:
+    """Start `phasemap ARGS` in its own session, send `signum` once its first chunk is on disk
+    (after before_signal(pid), if given), and return (exit code, stderr, pid); never leaves it running."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen([sys.executable, "-m", "phasemap.cli", *map(str, args)], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_a_chunk(out, driver)
+        if before_signal:
+            before_signal(driver.pid)
+        driver.send_signal(signum)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    return driver.returncode, stderr, driver.pid

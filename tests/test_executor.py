@@ -1,7 +1,6 @@
 """End to end through Ray Tune on an embedded local Ray: rows, resume, growing a grid, `show`."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from conftest import wait_for_a_chunk
+from conftest import interrupt_after_a_chunk
 from phasemap import store
 from phasemap.cli import app
 from phasemap.grid import expand
@@ -264,26 +263,21 @@ def session_processes(sid: int) -> list[str]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_sweep_keeps_finished_chunks_and_says_what_is_missing(tmp_path, signum):
     out = tmp_path / "out"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "phasemap.cli", "run", str(ROOT / "sweeps" / "quickstart.yaml"), "--out", str(out),
-         "--set", "train.steps=20000", "--chunk", "4", "--num-cpus", "2"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for_a_chunk(out, driver)
-        assert "raylet" in session_processes(driver.pid)
-        driver.send_signal(signum)
-        stdout, stderr = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 128 + signum, stderr
+
+    def ray_is_up(pid):
+        assert "raylet" in session_processes(pid)
+
+    code, stderr, driver_pid = interrupt_after_a_chunk(
+        ["run", ROOT / "sweeps" / "quickstart.yaml", "--out", out, "--set", "train.steps=20000", "--chunk", "4",
+         "--num-cpus", "2", "--executor", "ray"], out, signum, before_signal=ray_is_up)
+    assert code == 128 + signum, stderr
     on_disk = pl.read_parquet(store.files(out))
     assert 0 < on_disk.height < 48 and on_disk["run_id"].n_unique() == on_disk.height
     name = signal.Signals(signum).name
     assert f"stopped by {name}; {on_disk.height} of 48 configs are in" in stderr
     assert f"{48 - on_disk.height} missing" in stderr and "Traceback" not in stderr
     time.sleep(1)
-    assert session_processes(driver.pid) == []     # no Ray process left behind
+    assert session_processes(driver_pid) == []     # no Ray process left behind
 
 
 def test_the_driver_plans_a_sweep_without_loading_torch():

@@ -43,6 +43,8 @@ def run(
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", min=0.0, help="Fractions share a GPU."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the embedded Ray (default: all)."),
     max_configs: int = MAX_CONFIGS_OPTION,
+    executor: str = typer.Option("auto", "--executor", help="auto (this process for a sweep of a few seconds, "
+                                 "else Ray Tune), process or ray. With --address: always Ray."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and count configs; train nothing."),
 ) -> None:
     """Run a sweep: train every config not yet in the results folder, one Parquet row each.
@@ -55,6 +57,10 @@ def run(
     from phasemap.store import StoreError
 
     check_device(device, local=not address)
+    if executor not in ("auto", "process", "ray"):
+        fail(f"--executor {executor}: use auto, process or ray")
+    if executor == "process" and address:
+        fail("--executor process trains in this process; --address needs Ray (--executor ray or auto)")
     try:
         sweep = load_spec(spec, set_)
         out_dir = out or str(Path("results") / sweep.name)
@@ -84,7 +90,7 @@ def run(
     try:
         summary = run_sweep(sweep, out_dir, chunk=chunk, address=address, device=device,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, num_cpus=num_cpus,
-                            max_configs=max_configs, on_start=on_start, on_runs=on_runs)
+                            max_configs=max_configs, executor=executor, on_start=on_start, on_runs=on_runs)
     except SpecError as err:                    # raised before anything is written
         spec_fail(spec, err)
     except ResourceError as err:
@@ -121,8 +127,10 @@ def report(name: str, out_dir: str, summary) -> None:
              "run the same command again to finish", 128 + summary.interrupted)
     counts = ", ".join(f"{v} {k}" for k, v in summary.written.items()) or "none"
     rate = summary.runs / summary.seconds if summary.seconds else 0.0
+    where = {"process": "in this process", "ray": "on Ray Tune",
+             "process+ray": "in this process, then on Ray Tune"}.get(summary.executor, "")
     console.print(f"{name}: wrote {summary.runs} rows ({counts}) to {out_dir} in {summary.seconds:.1f} s "
-                  f"({rate:.1f} runs/s); {summary.skipped} were already there")
+                  f"({rate:.1f} runs/s{', ' + where if where else ''}); {summary.skipped} were already there")
     if summary.compacted:
         console.print(f"{summary.compacted} superseded rows (failed before, finished now) removed")
     if summary.fatal:
