@@ -24,7 +24,6 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import torch
 
 REF = Path(__file__).resolve().parent.parent / "sweeps" / "bench" / "ref-mlp.yaml"
 REFERENCES = {"mlp": REF, "transformer": REF.with_name("ref-transformer.yaml")}
@@ -50,6 +49,8 @@ def load_configs(path: str | Path = REF, n: int | None = None) -> list[dict]:
 
 
 def _worker(configs: list[dict], device: str, warmup: bool, backend: str | None = None) -> dict:
+    import torch
+
     torch.set_num_threads(1 if device == "cpu" else torch.get_num_threads())
     from phasemap import engine
     from phasemap.runner import DEFAULT_MAX_MODELS, run_chunk
@@ -69,6 +70,8 @@ def _worker(configs: list[dict], device: str, warmup: bool, backend: str | None 
 
 def batched_matmul_peak(device: str, threads: int) -> float:
     """GFLOP/s of a large batched matmul on this machine (the same kind of kernel the engine uses)."""
+    import torch
+
     torch.set_num_threads(threads)
     m, n = (64, 256) if device == "cpu" else (512, 512)
     a, b = torch.randn(m, n, n, device=device), torch.randn(m, n, n, device=device)
@@ -113,9 +116,44 @@ def engine_bench(configs: list[dict], device: str = "cpu", workers: int | None =
     return out
 
 
+GPU_BATCHES = (256, 1024, 4096, 16384)
+
+
+def batch_size_bench(device: str, sizes: tuple[int, ...] = GPU_BATCHES, backend: str | None = None) -> list[dict]:
+    """The engine on ref-mlp at each number of models per batch (more seeds where the file has too
+    few configs): runs/s, matmul GFLOP/s and that as a fraction of the device's batched-matmul
+    peak, one process, warm (the first batch of each size, which builds or compiles its step, is
+    not timed). Needs torch alone: no Ray."""
+    import torch
+
+    from phasemap.grid import expand
+    from phasemap.runner import run_chunk
+    from phasemap.spec import load_spec
+
+    peak = batched_matmul_peak(device, torch.get_num_threads())
+    out = []
+    for m in sizes:
+        seeds = max(32, -(-m // 64))              # ref-mlp has 64 gamma values
+        configs = expand(load_spec(REF, [f"grid.seed={{range: {seeds}}}"]))[:m]
+        run_chunk(configs[:m], device, max_models=m, backend=backend)     # build / compile, untimed
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        rows = run_chunk(configs, device, max_models=m, backend=backend)
+        seconds = time.perf_counter() - started
+        flops = sum(matmul_flops(c) * c["steps"] for c in configs)
+        out.append({"models": m, "runs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
+                    "backend": rows[0]["backend"], "seconds": seconds, "runs_per_s": len(rows) / seconds,
+                    "gflops": flops / seconds / 1e9, "peak_gflops": peak,
+                    "peak_fraction": flops / seconds / 1e9 / peak})
+    return out
+
+
 def one_at_a_time(cfg: dict) -> None:
     """Train one model of any family the plain way: autograd through the family's forward and
     torch.optim, on random minibatches (the baseline of the transformer workload)."""
+    import torch
+
     from phasemap import models
     from phasemap.tasks import make_data
 
@@ -142,6 +180,8 @@ def one_at_a_time(cfg: dict) -> None:
 
 def one_at_a_time_bench(configs: list[dict]) -> dict:
     """Runs/s of one_at_a_time on one thread, in this process."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -156,6 +196,8 @@ def one_at_a_time_bench(configs: list[dict]) -> dict:
 
 def _naive_trial(config: dict) -> None:
     """One config, the straightforward way: nn.Linear layers, autograd, torch.optim.SGD."""
+    import torch
+
     from ray import tune
 
     from phasemap.tasks import make_data
@@ -203,6 +245,64 @@ def baseline_bench(configs: list[dict]) -> dict:
         ray.shutdown()
     seconds = time.perf_counter() - started
     return {"runs": len(configs), "seconds": seconds, "runs_per_s": len(configs) / seconds}
+
+
+SCALE_SEEDS = 50
+
+
+def scale_spec(n: int):
+    """A sweep of n trivial configs (width 2, 10 steps, 8 samples): n / 50 gamma values x 50 seeds,
+    so that a run measures everything but training."""
+    from phasemap.spec import parse_spec
+
+    return parse_spec({
+        "name": f"scale-{n}",
+        "task": {"teacher": "mlp", "teacher_rank": 1, "input_dim": 2, "output_dim": 1, "n_train": 8, "n_test": 8},
+        "model": {"depth": 2, "width": 2, "activation": "tanh"},
+        "train": {"optimizer": "sgd", "lr": 0.1, "steps": 10},
+        "grid": {"gamma": {"logspace": [1e-4, 1e-1, max(1, n // SCALE_SEEDS)]}, "seed": {"range": SCALE_SEEDS}},
+    })
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scale_bench(n: int, out: str | Path, num_cpus: int | None = None, chunk: int | None = None) -> dict:
+    """Run a sweep of n trivial configs end to end through Ray Tune into `out` (a fresh folder):
+    seconds for planning, Ray's start, the run (Tune, trials, metrics, Parquet) and the resume
+    index, the driver's and the largest trial's peak memory, and rows/run_ids on disk."""
+    from phasemap import store
+    from phasemap.executor import ray_session, run_configs
+    from phasemap.plan import pending
+
+    spec = scale_spec(n)
+    if store.files(out):
+        raise ValueError(f"{out} already holds results: give a fresh folder")
+    t0 = time.perf_counter()
+    todo = pending(spec, str(out))
+    t_plan = time.perf_counter()
+    with ray_session(None, num_cpus):
+        from phasemap.executor import init_ray
+
+        init_ray(None, num_cpus)
+        t_ray = time.perf_counter()
+        summary = run_configs(spec.name, todo, executor="ray", chunk=chunk)
+        t_run = time.perf_counter()
+    t_down = time.perf_counter()
+    done = store.finished(out)
+    t_index = time.perf_counter()
+    again = pending(spec, str(out))
+    t_replan = time.perf_counter()
+    rows = sum(store.pq.ParquetFile(p).metadata.num_rows for p in store.files(out))
+    return {"configs": todo.total, "chunks": summary.chunks, "rows": rows, "run_ids": len(done),
+            "missing": summary.missing, "left_after": again.count,
+            "plan_s": t_plan - t0, "ray_start_s": t_ray - t_plan, "run_s": t_run - t_ray,
+            "ray_stop_s": t_down - t_run, "index_s": t_index - t_down, "replan_s": t_replan - t_index,
+            "configs_per_s": todo.total / (t_run - t_ray), "driver_peak_mb": _peak_mb(),
+            "trial_peak_mb": summary.trial_peak_mb}
 
 
 def synthetic_results(path: str | Path, rows: int = 1_000_000, seed: int = 0) -> Path:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from phasemap import backends, models, optim, rng
-from phasemap.shapes import shape_key
+from phasemap.shapes import shape_key, work
 from phasemap.tasks import make_data, teach, teacher_params
 
 Tensor = torch.Tensor
@@ -60,6 +60,11 @@ class Batch:
     steps: int
     work: float               # M x steps x samples x width x depth: decides whether an MLP step is compiled
     fresh: "FreshData | None" = None   # the teacher and input distribution, with task.fresh_data
+    # Read from the configs, not the tensors: the step loop never waits on the device to decide.
+    full_batch: bool = False  # every model steps on its whole train set
+    max_batch: int = 0        # the largest minibatch
+    noisy: bool = False       # some model has per-step input noise
+    fresh_labels: bool = False  # some model has per-step label noise
 
     @property
     def n_models(self) -> int:
@@ -167,6 +172,12 @@ def build_batch(configs: list[dict], device: str | torch.device = "cpu",
         optimizer=first["optimizer"],
         steps=first["steps"],
         work=work(first, len(configs)),
+        full_batch=all(c["batch_size"] == len(d["x_train"]) for c, d in zip(configs, data)),
+        max_batch=max(c["batch_size"] for c in configs),
+        noisy=any(c["sigma"] > 0 and c["noise_on"] == "inputs" for c in configs),
+        fresh_labels=any(c["sigma"] > 0 and (c["noise_on"] == "fresh_labels"
+                                             or (c["noise_on"] == "labels" and c.get("fresh_data")))
+                         for c in configs),
     )
 
 
@@ -175,9 +186,6 @@ def stream_keys(configs: list[dict], purpose: str, device) -> Tensor:
     return torch.tensor([rng.derive_seed(c["seed"], purpose) for c in configs], dtype=torch.int64, device=device)
 
 
-def work(cfg: dict, n_models: int) -> float:
-    """Models x steps x samples x width x depth: the size of an MLP batch's training."""
-    return float(n_models * cfg["steps"] * cfg["n_train"] * cfg.get("width", 0) * cfg.get("depth", 0))
 
 
 def backend_for(cfg: dict, n_models: int, device: str | torch.device = "cpu",
@@ -217,16 +225,16 @@ class _Minibatches:
     def __init__(self, batch: Batch):
         n = batch.x.shape[1]
         self.batch = batch
-        self.full = bool((batch.batch_size == n).all()) and batch.fresh is None
-        self.k = int(batch.batch_size.max())
+        self.full = batch.full_batch and batch.fresh is None
+        self.k = batch.max_batch
         pos = torch.arange(self.k, device=batch.x.device)
         mask = (pos[None, :] < batch.batch_size[:, None]).to(batch.x.dtype)
         self.weight = (mask / batch.batch_size[:, None].to(batch.x.dtype))[..., None]   # (M, k, 1)
         self.rows = torch.arange(batch.n_models, device=batch.x.device)[:, None]
         # Full-batch models keep their samples in order, as they would in a batch of their own.
         self.in_order = (batch.batch_size == n)[:, None]
-        self.noisy = bool((batch.input_noise > 0).any())
-        self.fresh_labels = bool((batch.label_noise > 0).any())
+        self.noisy = batch.noisy
+        self.fresh_labels = batch.fresh_labels
 
     def __call__(self, step: int) -> tuple[Tensor, Tensor]:
         b = self.batch
@@ -314,12 +322,12 @@ def fit(batch: Batch, backend: str | None = None, observe=None) -> Result:
             bad = ~torch.isfinite(loss)
             for p in params:
                 bad |= ~torch.isfinite(p).flatten(1).all(dim=1)
+            # Without a branch on the device's answer (a GPU would stall every CHECK_EVERY steps).
             new = bad & (diverged_step < 0)
-            if new.any():
-                diverged_step[new] = t
-                hyper["lr"][new] = 0.0
-                for p in params + state.m + state.v:
-                    p[new] = 0.0              # keeps inf/NaN arithmetic out of later steps
+            diverged_step = torch.where(new, t, diverged_step)
+            hyper["lr"] = torch.where(new, 0.0, hyper["lr"])
+            for p in params + state.m + state.v:  # zeroed: keeps inf/NaN arithmetic out of later steps
+                p.masked_fill_(new.view(-1, *[1] * (p.dim() - 1)), 0.0)
         if t == stop:
             observe(t, params, diverged_step)
             stop = next(stops, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -34,7 +35,8 @@ from typing import Callable, Iterator
 
 from phasemap import store
 from phasemap.grid import DEFAULT_MAX_CONFIGS
-from phasemap.plan import Pending, pending, plan_chunks
+from phasemap.grid import Grid
+from phasemap.plan import Chunk, Pending, pending, plan_chunks
 from phasemap.spec import SweepSpec
 
 __all__ = ["ClusterConnectError", "ResourceError", "Summary", "SweepInterrupted", "init_ray", "plan_chunks",
@@ -79,6 +81,7 @@ class Summary:
     compacted: int = 0                                # duplicate rows removed (retried failures)
     chunks: int = 0
     executor: str | None = None                       # process, ray, or process+ray (a sweep that outgrew this process)
+    trial_peak_mb: float | None = None                # the largest peak RSS a Tune trial process reported
     seconds: float = 0.0
     out_dir: str = ""
 
@@ -110,16 +113,19 @@ def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str) 
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return {"runs": len(rows), **{f"rows_{k}": v for k, v in counts.items()}}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # this process's peak so far
+    return {"runs": len(rows), "peak_mb": peak_mb, **{f"rows_{k}": v for k, v in counts.items()}}
 
 
-def _trial(config: dict, chunks: list[list[dict]], out_dir: str, sweep: str, device: str, threads: int) -> None:
-    """A Ray Tune trainable: train_and_write one chunk and report (a retryable error: Tune retries)."""
+def _trial(config: dict, chunks: list[Chunk], grid: Grid | None, out_dir: str, sweep: str, device: str,
+           threads: int) -> None:
+    """A Ray Tune trainable: resolve one chunk's configs, train_and_write them and report (a
+    retryable error: Tune retries). It receives the grid and index ranges, never the sweep's configs."""
     import torch
     from ray import tune
 
     torch.set_num_threads(threads)
-    tune.report(train_and_write(chunks[config["chunk"]], out_dir, sweep, device))
+    tune.report(train_and_write(chunks[config["chunk"]].resolve(grid), out_dir, sweep, device))
 
 
 def _quiet_tune() -> None:
@@ -266,6 +272,8 @@ def _watch_result(key: int, trial_id: str, result: dict) -> None:
         state["on_runs"](int(result["runs"]))
     if result.get("fatal") and state["fatal"] is None:
         state["fatal"] = result["fatal"]
+    if result.get("peak_mb"):
+        state["trial_peak_mb"] = max(state.get("trial_peak_mb", 0.0), float(result["peak_mb"]))
 
 
 def _watch_stop_all(key: int) -> bool:
@@ -364,12 +372,12 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
                 num_cpus: int | None = None, max_failures: int = 2, executor: str = "auto",
                 on_start: Callable[[int, int], None] | None = None,
                 on_runs: Callable[[int], None] | None = None) -> Summary:
-    """Train todo.configs (resolved configs not yet in todo.out_dir) for the sweep `name`, as
+    """Train the configs of `todo` (not yet in todo.out_dir) for the sweep `name`, as
     run_sweep does; inside `ray_session` a Ray it started is kept, so several calls share one."""
     started = time.perf_counter()
     out_dir = todo.out_dir
     summary = Summary(total=todo.total, skipped=todo.done, out_dir=out_dir)
-    if not todo.configs:
+    if not todo.count:
         summary.compacted = store.compact(out_dir)
         return summary
     store.check_writable(out_dir)     # before Ray starts: a clear error and nothing trained
@@ -380,21 +388,21 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
     own_ray = False
     with _signals(state) as arm:
         try:
-            rest = todo.configs
+            rest = todo
             if executor == "process" or (executor == "auto" and not address and not _ray_running()):
                 summary.executor = "process"
                 if on_start:
-                    on_start(len(todo.configs), summary.skipped)
-                rest = _in_process(name, rest, out_dir, summary, state, device=device, max_failures=max_failures,
+                    on_start(todo.count, summary.skipped)
+                rest = _in_process(name, todo, summary, state, device=device, max_failures=max_failures,
                                    budget=None if executor == "process" else IN_PROCESS_SECONDS)
-            if rest and not state["fatal"]:
+            if rest.count and not state["fatal"]:
                 summary.executor = "ray" if summary.executor is None else "process+ray"
                 own_ray = init_ray(address, num_cpus)
                 arm()
                 slots = check_resources(cpus_per_trial, gpus_per_trial, NODE_WAIT_S if address else 0)
                 if on_start and summary.executor == "ray":     # once Ray answers: a refused address draws no bar
-                    on_start(len(todo.configs), summary.skipped)
-                _tune(name, rest, out_dir, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
+                    on_start(todo.count, summary.skipped)
+                _tune(name, rest, summary, state, key, tmp, chunk=chunk, slots=slots, device=device,
                       cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_failures=max_failures)
         finally:
             _WATCHED.pop(key, None)
@@ -406,29 +414,32 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
 
                 ray.shutdown()
     summary.fatal, summary.interrupted = state["fatal"], state["signal"]
+    summary.trial_peak_mb = state.get("trial_peak_mb")
     summary.compacted, finished = store.settle(out_dir)   # one read of the index for both
-    summary.missing = sum(c["run_id"] not in finished for c in todo.configs)
+    summary.missing = todo.missing(finished)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _in_process(name: str, configs: list[dict], out_dir: str, summary: Summary, state: dict, *, device: str,
-                max_failures: int, budget: float | None) -> list[dict]:
-    """Train chunks here, one batch's worth at a time, through train_and_write; return the configs
-    left for Ray: none, unless `budget` is given and the time projected for the rest (from the
+def _in_process(name: str, todo: Pending, summary: Summary, state: dict, *, device: str, max_failures: int,
+                budget: float | None) -> Pending:
+    """Train chunks here, one batch's worth at a time, through train_and_write; return what is left
+    for Ray: nothing, unless `budget` is given and the time projected for the rest (from the
     seconds per model-step so far) exceeds it. A write error is retried max_failures times."""
     from phasemap.runner import DEFAULT_MAX_MODELS, pick_device
 
-    chunks = plan_chunks(configs, DEFAULT_MAX_MODELS[pick_device(device)], slots=1)
-    steps_left = sum(c["steps"] for c in configs)
-    steps_done, seconds = 0, 0.0
-    for i, part in enumerate(chunks):
-        if budget is not None and steps_done and seconds / steps_done * steps_left > budget:
-            return [c for rest in chunks[i:] for c in rest]
+    chunks = todo.chunks(DEFAULT_MAX_MODELS[pick_device(device)], slots=1)
+    done = steps_done = 0
+    seconds = 0.0
+    for part in chunks:
+        configs = part.resolve(todo.grid)
+        projected = seconds / steps_done * configs[0]["steps"] * (todo.count - done) if steps_done else 0.0
+        if budget is not None and projected > budget:
+            return todo.skip(done)
         began = time.perf_counter()
         for attempt in range(max_failures + 1):
             try:
-                report = train_and_write(part, out_dir, name, device)
+                report = train_and_write(configs, todo.out_dir, name, device)
                 break
             except Exception as err:  # noqa: BLE001 - as a Tune trial: retried, then counted with its reason
                 if attempt == max_failures:
@@ -437,15 +448,14 @@ def _in_process(name: str, configs: list[dict], out_dir: str, summary: Summary, 
                     report = {}
         summary.chunks += 1
         seconds += time.perf_counter() - began
-        steps = sum(c["steps"] for c in part)
-        steps_done, steps_left = steps_done + steps, steps_left - steps
+        done, steps_done = done + len(configs), steps_done + sum(c["steps"] for c in configs)
         _count(summary, report)
         if report.get("runs") and state["on_runs"]:
             state["on_runs"](int(report["runs"]))
         if report.get("fatal"):
             state["fatal"] = report["fatal"]
-            return []
-    return []
+            break
+    return todo.skip(todo.count)
 
 
 def _count(summary: Summary, metrics: dict) -> None:
@@ -454,15 +464,15 @@ def _count(summary: Summary, metrics: dict) -> None:
             summary.written[name[5:]] = summary.written.get(name[5:], 0) + value
 
 
-def _tune(name: str, configs: list[dict], out_dir: str, summary: Summary, state: dict, key: int, tmp: str,
+def _tune(name: str, todo: Pending, summary: Summary, state: dict, key: int, tmp: str,
           *, chunk, slots, device, cpus_per_trial, gpus_per_trial, max_failures) -> None:
-    """Train `configs` as one Tune experiment, one trial per chunk; fill the summary's counts."""
+    """Train `todo` as one Tune experiment, one trial per chunk; fill the summary's counts."""
     from ray import tune
 
-    chunks = plan_chunks(configs, chunk, slots)
+    chunks = todo.chunks(chunk, slots)
     summary.chunks += len(chunks)
     trainable = tune.with_parameters(
-        _trial, chunks=chunks, out_dir=out_dir, sweep=name,
+        _trial, chunks=chunks, grid=todo.grid, out_dir=todo.out_dir, sweep=name,
         device=device, threads=max(1, int(cpus_per_trial)))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),

@@ -11,8 +11,8 @@ the derived values filled in (batch size, temperature, the linear teacher's spec
 
 from __future__ import annotations
 
+import binascii
 import hashlib
-import itertools
 import json
 import math
 from typing import Any
@@ -319,11 +319,14 @@ def _resolve_batch(cfg: dict, explicit: set[str]) -> None:
         cfg["temperature"] = cfg["temperature_effective"]
 
 
+def _id_text(cfg: dict[str, Any]) -> str:
+    payload = {k: v for k, v in cfg.items() if k != RUN_ID}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def run_id(cfg: dict[str, Any]) -> str:
     """A stable hash of a resolved config: sorted keys, shortest-repr floats, 32 hex digits."""
-    payload = {k: v for k, v in cfg.items() if k != RUN_ID}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(_id_text(cfg).encode(), digest_size=16).hexdigest()
 
 
 def _resolve_fresh_data(cfg: dict) -> None:
@@ -396,8 +399,8 @@ def _torch_lr(cfg: dict) -> None:
         cfg["torch_lr"] = canonical(cfg["lr"] * k)
 
 
-def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """One grid point: base values, overridden by the point, derived and hashed."""
+def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str], hashed: bool = True) -> dict[str, Any]:
+    """One grid point: base values, overridden by the point, derived and (unless hashed=False) hashed."""
     cfg = {**base, **point}
     try:
         _resolve_teacher(cfg, explicit)
@@ -412,7 +415,8 @@ def resolve(base: dict[str, Any], point: dict[str, Any], explicit: set[str]) -> 
             where = ", ".join(f"{k}={v}" for k, v in point.items())
             raise SpecError(f"{err} [at grid point {where}]", key=err.key) from None
         raise
-    cfg[RUN_ID] = run_id(cfg)
+    if hashed:
+        cfg[RUN_ID] = run_id(cfg)
     return cfg
 
 
@@ -420,9 +424,84 @@ def expand(spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> li
     """Every config of the sweep (the Cartesian product of its axes), resolved, in grid order.
 
     A sweep of more than `max_configs` configs (None: no limit) is refused before any axis is built.
+    A big sweep is better held as its `Grid`, which resolves configs on demand.
     """
-    grid = axes(spec, max_configs)  # calls check_size before building anything
-    base, explicit = base_flat(spec), spec.explicit_keys()
-    keys = list(grid)
-    return [resolve(base, dict(zip(keys, values)), explicit) for values in itertools.product(*grid.values())]
+    grid = Grid.of(spec, max_configs)
+    return grid.configs(range(grid.size))
 
+
+class Grid:
+    """A sweep as its grid, not its configs: config i is the i-th point of the Cartesian product of
+    the axes (the last axis fastest, as itertools.product), resolved when asked for. Small (the
+    base config and the axes' values) whatever the sweep's size, so it travels to every trial.
+
+        grid = Grid.of(load_spec("sweeps/quickstart.yaml"))
+        grid.size, grid.configs([0, 47]), grid.run_ids(np.arange(grid.size))
+    """
+
+    def __init__(self, base: dict[str, Any], explicit: set[str], axes: dict[str, list]):
+        self.base, self.explicit = base, set(explicit)
+        self.keys, self.values = list(axes), [list(v) for v in axes.values()]
+        self.lengths = [len(v) for v in self.values]
+        self.size = math.prod(self.lengths)
+        # index = sum over axes of digit * stride
+        self.strides = [math.prod(self.lengths[i + 1:]) for i in range(len(self.lengths))]
+
+    @classmethod
+    def of(cls, spec: SweepSpec, max_configs: int | None = DEFAULT_MAX_CONFIGS) -> "Grid":
+        return cls(base_flat(spec), spec.explicit_keys(), axes(spec, max_configs))  # size checked first
+
+    def point(self, index: int) -> dict[str, Any]:
+        return {k: v[(index // stride) % n] for k, v, stride, n in
+                zip(self.keys, self.values, self.strides, self.lengths)}
+
+    def configs(self, indices, hashed: bool = True) -> list[dict[str, Any]]:
+        """The resolved configs at these grid indices, in their order (SpecError at a bad point)."""
+        return [resolve(self.base, self.point(int(i)), self.explicit, hashed) for i in indices]
+
+    def seedless(self, indices: np.ndarray) -> np.ndarray:
+        """Each index with its seed digit set to the first seed: configs that differ only in seed
+        share their shape, their resolution and all of their run_id text but the seed."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if "seed" not in self.keys:
+            return indices
+        i = self.keys.index("seed")
+        return indices - ((indices // self.strides[i]) % self.lengths[i]) * self.strides[i]
+
+    def run_ids(self, indices) -> np.ndarray:
+        """The run_ids of the configs at `indices` (as `configs` would give them), as a numpy array
+        of 32-byte ASCII hex strings (`ids_array`: 32 MB per million, no Python string each),
+        about 1 µs each: each seedless config is resolved once, and its run_id text hashed from a
+        shared prefix."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if "seed" not in self.keys or not len(indices):
+            return ids_array([c[RUN_ID] for c in self.configs(indices)])
+        i = self.keys.index("seed")
+        seeds = self.values[i]
+        seed_text = [json.dumps(v).encode() for v in seeds]
+        digits = (indices // self.strides[i]) % self.lengths[i]
+        combos = indices - digits * self.strides[i]
+        order = np.argsort(combos, kind="stable")
+        digests = bytearray(16 * len(indices))
+        starts = np.flatnonzero(np.r_[True, combos[order][1:] != combos[order][:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)]):
+            members = order[a:b]
+            text = _id_text(self.configs([combos[members[0]]], hashed=False)[0])     # at the first seed
+            head, mark, tail = text.partition(f'"seed":{json.dumps(seeds[0])}')
+            if not mark or tail[:1] not in (",", "}"):                    # not the flat text expected
+                for m, cfg in zip(members.tolist(), self.configs(indices[members])):
+                    digests[16 * m:16 * m + 16] = bytes.fromhex(cfg[RUN_ID])
+                continue
+            prefix = hashlib.blake2b((head + '"seed":').encode(), digest_size=16)
+            tail_bytes = tail.encode()
+            rest = [seed + tail_bytes for seed in seed_text]
+            for m, d in zip(members.tolist(), digits[members].tolist()):
+                h = prefix.copy()
+                h.update(rest[d])
+                digests[16 * m:16 * m + 16] = h.digest()
+        return np.frombuffer(binascii.hexlify(digests), dtype="S32")
+
+
+def ids_array(run_ids) -> np.ndarray:
+    """run_ids (str) as a numpy array of 32-byte ASCII strings, the compact form plans compare."""
+    return np.array([r.encode() for r in run_ids], dtype="S32")

@@ -29,12 +29,20 @@ def shape_key(cfg: dict) -> tuple:
     """Configs with equal keys are trained by the engine as one batch (with fresh data the engine
     runs the teacher at every step, so its shape joins the key; a batch records at one schedule)."""
     family = family_of(cfg)
-    key = (family, *(cfg[k] for k in FAMILIES[family].shape_keys), batch_class(cfg))
+    key = (family, *(cfg[k] for k in FAMILIES[family].shape_keys))
     if cfg.get("record"):
         key += (cfg["record"],)
     return key + tuple(cfg[k] for k in TEACHER_KEYS) if cfg.get("fresh_data") else key
 
 
 def shape_order(cfg: dict) -> str:
-    """A sort key that keeps configs of one shape together (values of mixed types compare as text)."""
-    return repr(shape_key(cfg))
+    """A sort key that keeps configs of one shape and one batch_class together, the batches the
+    runner trains (values of mixed types compare as text). The engine could batch configs of one
+    shape_key whatever their minibatches; it is faster not to."""
+    return repr((*shape_key(cfg), batch_class(cfg)))
+
+
+def work(cfg: dict, n_models: int = 1) -> float:
+    """Models x steps x samples x width x depth: the size of an MLP batch's training (0 for a family
+    without width and depth: unknown)."""
+    return float(n_models * cfg["steps"] * cfg["n_train"] * cfg.get("width", 0) * cfg.get("depth", 0))

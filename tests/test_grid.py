@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from phasemap.grid import DEFAULT_MAX_CONFIGS, axis_values, check_size, count, expand, run_id
-from phasemap.spec import SpecError, parse_spec
+from phasemap.spec import SpecError, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -270,3 +272,27 @@ def test_each_familys_keys_come_from_its_registry_line_and_are_refused_elsewhere
                 with pytest.raises(SpecError, match=f"model.{key}: does not apply to family: {other} "
                                                     rf"\(only to family: {name}\)"):
                     parse_spec(raw)
+
+
+@pytest.mark.parametrize("sweep", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sweeps").rglob("*.yaml")))
+def test_the_compact_run_ids_equal_each_resolved_configs(sweep):
+    # Grid.run_ids hashes one text per seedless point with each seed spliced in; it must give
+    # exactly the run_id that resolving the config gives, for every sweep shipped.
+    from phasemap.grid import Grid
+
+    grid = Grid.of(load_spec(ROOT / sweep))
+    every = np.arange(grid.size)
+    fast = grid.run_ids(every)
+    sample = np.unique(np.r_[every[:64], every[-64:], np.random.default_rng(0).choice(grid.size, 64)])
+    assert [fast[i].decode() for i in sample] == [c["run_id"] for c in grid.configs(sample)]
+    assert len(set(fast.tolist())) == grid.size
+
+
+def test_a_grid_point_is_its_place_in_the_cartesian_product(tiny):
+    from phasemap.grid import Grid
+
+    spec = parse_spec(tiny(grid={"gamma": [0.0, 0.1, 0.2], "temperature": [0.0, 0.01], "seed": {"range": 2}}))
+    grid = Grid.of(spec)
+    assert grid.size == 12 and [c["run_id"] for c in grid.configs(range(12))] == [c["run_id"] for c in expand(spec)]
+    assert grid.point(7) == {"gamma": 0.1, "temperature": 0.01, "seed": 1}
+    assert grid.seedless(np.array([7, 6, 11])).tolist() == [6, 6, 10]

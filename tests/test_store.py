@@ -201,3 +201,14 @@ def test_unfixable_write_errors_are_marked_not_retryable(tmp_path, rows):
     with pytest.raises(store.StoreError) as err:
         store.write_rows(rows, tmp_path)
     assert not err.value.retryable
+
+
+def test_the_finished_ids_array_is_the_run_id_set_without_failed_rows(tmp_path, rows):
+    store.write_rows(rows[:3], tmp_path)
+    store.write_rows(failed_rows([rows[3]], "RuntimeError: boom"), tmp_path)
+    store.write_rows([{**rows[0], "run_id": "short-hand-made-id", "seed": 9}], tmp_path)
+    done = store.finished(tmp_path)
+    assert done.dtype == "S32" and list(done) == sorted(done)
+    assert {d.decode() for d in done} == store.run_ids(tmp_path) == {r["run_id"] for r in rows[:3]} | {"short-hand-made-id"}
+    dropped, settled = store.settle(tmp_path)
+    assert dropped == 0 and settled.tolist() == done.tolist()

@@ -11,6 +11,43 @@ import typer
 from phasemap.cli.common import app, check_device, console, err_console, fail
 
 
+def _batch_sizes(device: str, models: str | None, backend: str | None, family: str, as_json: bool) -> None:
+    from phasemap.bench import GPU_BATCHES, batch_size_bench
+
+    if family != "mlp":
+        fail("--models / --device cuda measure the ref-mlp workload: leave out --family")
+    try:
+        sizes = tuple(int(m) for m in models.split(",")) if models else GPU_BATCHES
+    except ValueError:
+        fail(f"--models {models}: give positive integers separated by commas, e.g. 256,4096")
+    if not sizes or min(sizes) < 1:
+        fail(f"--models {models}: give positive integers separated by commas, e.g. 256,4096")
+    rows = batch_size_bench(device, sizes, backend)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    for r in rows:
+        console.print(f"{device}, {r['models']:>6} models per batch ({r['backend']} step): {r['runs_per_s']:,.1f} runs/s, "
+                      f"{r['gflops']:,.1f} GFLOP/s = {100 * r['peak_fraction']:.1f}% of the "
+                      f"{r['peak_gflops']:,.0f} GFLOP/s batched-matmul peak", highlight=False)
+
+
+def _scale(n: int, out: str | None, num_cpus: int | None) -> dict:
+    import shutil
+    import tempfile
+
+    from phasemap.bench import scale_bench
+
+    folder = out or tempfile.mkdtemp(prefix="phasemap-scale-")
+    try:
+        return scale_bench(n, folder, num_cpus)
+    except ValueError as err:
+        fail(str(err))
+    finally:
+        if out is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @app.command()
 def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -22,6 +59,12 @@ def bench(
     record: Optional[str] = typer.Option(None, "--record", help="Record every engine config's training, as "
                                          "train.record would: log:N or every:K (e.g. log:100)."),
     analysis: bool = typer.Option(False, "--analysis", help="Time the analysis on synthetic rows instead."),
+    models: Optional[str] = typer.Option(None, "--models", help="Models per batch to measure, e.g. 256,4096 "
+                                         "(default with --device cuda: 256,1024,4096,16384)."),
+    scale: Optional[int] = typer.Option(None, "--scale", min=50, help="Run a sweep of N trivial configs end to end "
+                                        "through Ray Tune instead: everything but training, timed."),
+    out: Optional[str] = typer.Option(None, "--out", help="Results folder of --scale (default: a temporary one, removed)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the embedded Ray (--scale)."),
     rows: int = typer.Option(1_000_000, "--rows", min=10_000, help="Synthetic rows for --analysis."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -38,6 +81,18 @@ def bench(
 
     from phasemap.bench import REFERENCES, analysis_bench, baseline_bench, engine_bench, load_configs, one_at_a_time_bench
 
+    if scale is not None:
+        result = _scale(scale, out, num_cpus)
+        if as_json:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return
+        r = result
+        console.print(f"{r['configs']:,} trivial configs through Ray Tune in {r['chunks']} chunks: plan {r['plan_s']:.1f} s, "
+                      f"Ray start {r['ray_start_s']:.1f} s, run {r['run_s']:.1f} s = [bold]{r['configs_per_s']:,.0f} "
+                      f"configs/s[/], resume index {r['index_s']:.1f} s, replan {r['replan_s']:.1f} s; "
+                      f"{r['rows']:,} rows, {r['run_ids']:,} run_ids, {r['missing']} missing; peak memory: driver "
+                      f"{r['driver_peak_mb']:.0f} MB, largest trial {r['trial_peak_mb'] or 0:.0f} MB")
+        return
     if analysis:
         out = analysis_bench(rows)
         if as_json:
@@ -56,6 +111,9 @@ def bench(
         fail(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "fused" and device != "cpu":
         fail("--backend fused runs on the CPU only")
+    if models is not None or device == "cuda":
+        _batch_sizes(device, models, backend, family, as_json)
+        return
     reference = REFERENCES[family]
     engine_configs = load_configs(reference, configs)
     if record is not None:

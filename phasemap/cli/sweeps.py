@@ -67,7 +67,7 @@ def run(
         if dry_run:
             todo = pending(sweep, out_dir, max_configs)
             console.print(f"{sweep.name}: {todo.total} configs, {todo.done} already in {out_dir}, "
-                          f"{len(todo.configs)} to run")
+                          f"{todo.count} to run")
             return
     except SpecError as err:
         spec_fail(spec, err)
@@ -113,7 +113,7 @@ def stopped(sweep, out_dir: str, signum: int, max_configs: int) -> NoReturn:
 
     todo = pending(sweep, out_dir, max_configs)
     fail(f"{sweep.name}: stopped by {signal.Signals(signum).name}; {todo.done} of {todo.total} configs are "
-         f"in {out_dir}, {len(todo.configs)} missing; run the same command again to finish", 128 + signum)
+         f"in {out_dir}, {todo.count} missing; run the same command again to finish", 128 + signum)
 
 
 def report(name: str, out_dir: str, summary) -> None:

@@ -209,7 +209,7 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
     def train(configs: list[dict]) -> None:
         todo = [c for c in {c["run_id"]: c for c in configs}.values()]
         done = store.run_ids(out, set_aside=True)
-        summary = run_configs(spec.name, Pending([c for c in todo if c["run_id"] not in done], len(todo), out),
+        summary = run_configs(spec.name, Pending.of_configs([c for c in todo if c["run_id"] not in done], len(todo), out),
                               **run_kw)
         if summary.fatal or summary.interrupted:
             raise store.StoreError(summary.fatal or "refine was interrupted; run it again to resume", retryable=False)
@@ -237,7 +237,7 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
     rounds = 0
     with ray_session(address, num_cpus):
         coarse = pending(spec, out, set_aside=True)
-        if coarse.configs:
+        if coarse.count:
             summary = run_configs(spec.name, coarse, **run_kw)
             if summary.fatal or summary.interrupted or summary.missing:
                 raise store.StoreError(f"the coarse grid did not finish ({summary.missing} runs missing"
