@@ -108,7 +108,9 @@ class Pending:
 
     def missing(self, finished: np.ndarray) -> int:
         """How many of the configs to run are not among `finished` (store.finished_ids)."""
-        return int((~np.isin(self.run_ids(), finished)).sum())
+        if self.configs is not None:
+            return int((~store.among(finished, self.run_ids())).sum())
+        return int(sum((~store.among(finished, self.grid.run_ids(block))).sum() for block in _blocks(self.indices)))
 
     def chunks(self, size: int | None, slots: int) -> list[Chunk]:
         """Chunks of `size` configs (default: about TRIALS_PER_SLOT per slot, at most MAX_CHUNK),
@@ -161,8 +163,13 @@ def pending(spec: SweepSpec, out_dir: str, max_configs: int = DEFAULT_MAX_CONFIG
     indices, heaviest = shape_sorted(grid, np.arange(grid.size, dtype=np.int64))
     done = store.finished(out_dir, set_aside=set_aside)
     if len(done):
-        indices = indices[~np.isin(grid.run_ids(indices), done)]
+        indices = indices[np.concatenate([~store.among(done, grid.run_ids(b)) for b in _blocks(indices)])]
     return Pending(total=grid.size, out_dir=out_dir, grid=grid, indices=indices, heaviest=heaviest)
+
+
+def _blocks(indices: np.ndarray, size: int = 65536):
+    """Slices of indices whose run_ids are computed and compared one block at a time (2 MB each)."""
+    return [indices[i:i + size] for i in range(0, len(indices), size)] or [indices]
 
 
 def plan_chunks(configs: list[dict], chunk: int | None, slots: int) -> list[list[dict]]:

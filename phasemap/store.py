@@ -21,6 +21,7 @@ the runs table alone, as the runs readers here do.
 
 from __future__ import annotations
 
+import binascii
 import errno
 import hashlib
 import os
@@ -356,29 +357,76 @@ def _finished(index: pa.Table | None) -> set[str]:
     return set(index.filter(pc.not_equal(index["status"], "failed"))["run_id"].to_pylist())
 
 
-def finished_ids(index: pa.Table | None) -> np.ndarray:
-    """The finished run_ids of an index as a sorted numpy array of 32-byte strings (grid.ids_array
-    form), read from the Arrow buffers: no Python string per run."""
-    if index is None:
-        return np.zeros(0, dtype="S32")
-    ids = pc.unique(index.filter(pc.not_equal(index["status"], "failed"))["run_id"].combine_chunks())
-    ids = ids.cast(pa.string())
+def _ids_of(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Run_ids (Arrow strings) as a numpy array of 32-byte strings, from the Arrow buffers."""
+    ids = (column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column).cast(pa.string())
     if len(ids) and pc.all(pc.equal(pc.utf8_length(ids), 32)).as_py():
         offsets, data = ids.buffers()[1:3]
         start = np.frombuffer(offsets, dtype=np.int32, count=1, offset=4 * ids.offset)[0]
-        out = np.frombuffer(data, dtype="S32", count=len(ids), offset=int(start))
-    else:                    # ids of another length (hand-made rows): the slow, general way
-        out = np.array([r.encode() for r in ids.to_pylist()], dtype="S32")
-    return np.sort(out)
+        return np.frombuffer(data, dtype="S32", count=len(ids), offset=int(start)).copy()
+    return np.array([r.encode() for r in ids.to_pylist()], dtype="S32")   # hand-made ids of another length
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """Sorted ids (in place) without repeats."""
+    ids.sort()
+    return ids[np.r_[True, ids[1:] != ids[:-1]]] if len(ids) and (ids[1:] == ids[:-1]).any() else ids
+
+
+def finished_ids(index: pa.Table | None) -> np.ndarray:
+    """The finished run_ids of an index as a sorted numpy array of 32-byte strings (grid.ids_array form)."""
+    if index is None:
+        return np.zeros(0, dtype="S32")
+    return _sorted_unique(_ids_of(index.filter(pc.not_equal(index["status"], "failed"))["run_id"]))
+
+
+def _scan_ids(out: str | Path, set_aside: bool = False) -> tuple[np.ndarray, bool, list[str]]:
+    """Every file's finished run_ids, converted as each file is read (a million runs: ~32 MB, not an
+    index table): (sorted ids with repeats, whether any row failed, the outdated files)."""
+    def read_ids(fs, path):
+        file = pq.ParquetFile(path, filesystem=fs)
+        table = file.read(columns=["run_id", "status"])
+        failed = pc.equal(table["status"], "failed")
+        return (_ids_of(table.filter(pc.invert(failed))["run_id"]), pc.any(failed).as_py() or False,
+                set(file.schema_arrow.names).isdisjoint(RESUME_COLUMNS))
+
+    good, damaged = _read_each(out, read_ids)
+    _report(damaged, out, set_aside)
+    failed, outdated = any(f for _, (_, f, _) in good), [path for path, (_, _, old) in good if old]
+    ids = np.concatenate([i for _, (i, _, _) in good]) if good else np.zeros(0, dtype="S32")
+    del good
+    ids.sort()                         # in place: a million ids cost 32 MB once
+    return ids, failed, outdated
+
+
+def _prefix_key(ids: np.ndarray) -> np.ndarray:
+    """The first 16 hex digits of each id as a uint64: sorts as the ids do, compares 20x faster."""
+    heads = np.ascontiguousarray(ids).view("S16")[::2].tobytes()        # the first 16 of 32 characters
+    return np.frombuffer(binascii.unhexlify(heads), dtype=">u8").astype(np.uint64)
+
+
+def among(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """A mask: which of `ids` are in `sorted_ids` (both grid.ids_array form): a binary search on
+    64-bit prefixes, each hit confirmed on the whole id (ids sharing a prefix: by a full search)."""
+    if not len(sorted_ids) or not len(ids):
+        return np.zeros(len(ids), dtype=bool)
+    keys = _prefix_key(sorted_ids)
+    at = np.searchsorted(keys, _prefix_key(ids)).clip(max=len(sorted_ids) - 1)
+    found = sorted_ids[at] == ids
+    shared = np.flatnonzero(~found & (keys[at] == _prefix_key(ids)))      # a prefix shared by two ids
+    if len(shared):
+        full = np.searchsorted(sorted_ids, ids[shared]).clip(max=len(sorted_ids) - 1)
+        found[shared] = sorted_ids[full] == ids[shared]
+    return found
 
 
 def finished(out: str | Path, set_aside: bool = False) -> np.ndarray:
     """`run_ids(out)` as a sorted numpy array of 32-byte strings: what a plan of a million configs
-    compares against (np.isin), in tens of MB instead of a Python set."""
-    index, outdated = _index(out, set_aside)
+    compares against (`among`), in tens of MB instead of a Python set."""
+    ids, _, outdated = _scan_ids(out, set_aside)
     if outdated:
         raise _outdated(out, outdated)
-    return finished_ids(index)
+    return _sorted_unique(ids)
 
 
 def compact(out: str | Path) -> int:
@@ -395,6 +443,10 @@ def settle(out: str | Path) -> tuple[int, np.ndarray]:
     planned the same configs. Files losing rows are rewritten atomically; emptied files are
     deleted. Dropping never removes a finished run_id, so the set is the folder's after the call.
     """
+    ids, any_failed, _ = _scan_ids(out)
+    if not any_failed and not (ids[1:] == ids[:-1]).any():     # the usual case: nothing to drop
+        _drop_orphan_traces(out)
+        return 0, ids
     index, _ = _index(out)
     if index is None:
         return 0, finished_ids(None)

@@ -1,5 +1,6 @@
 """`phasemap bench`: the engine benchmark trains ref-mlp configs and reports what it measured."""
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -54,3 +55,29 @@ def test_one_at_a_time_trains_the_model_it_is_given(monkeypatch):
 def test_bench_refuses_an_unknown_family():
     result = CliRunner().invoke(app, ["bench", "--family", "rnn", "--baseline", "0"])
     assert result.exit_code == 2 and "--family" in result.output and "rnn" in result.output
+
+
+def test_the_batch_size_sweep_trains_that_many_models_per_batch():
+    import json
+
+    result = CliRunner().invoke(app, ["bench", "--models", "3,5", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["models"] for r in rows] == [3, 5] and [r["runs"] for r in rows] == [3, 5]
+    assert all(r["ok"] == r["runs"] and 0 < r["peak_fraction"] < 2 for r in rows)
+    bad = CliRunner().invoke(app, ["bench", "--models", "256,x"])
+    assert bad.exit_code == 2 and "--models 256,x: give positive integers" in bad.output
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_runs_a_trivial_sweep_end_to_end_through_tune(tmp_path):
+    import json
+
+    out = tmp_path / "scale"
+    result = CliRunner().invoke(app, ["bench", "--scale", "200", "--num-cpus", "2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["configs"] == r["rows"] == r["run_ids"] == 200 and r["missing"] == 0 and r["left_after"] == 0
+    assert r["trial_peak_mb"] > 0 and r["driver_peak_mb"] > 0
+    again = CliRunner().invoke(app, ["bench", "--scale", "200", "--out", str(out)])
+    assert again.exit_code == 2 and "already holds results" in again.output
