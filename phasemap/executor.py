@@ -1,9 +1,9 @@
 """Run a sweep: chunks of configs, each trained as batches and written as one Parquet file.
 
 Two executors run the same chunk function (`train_and_write`: train, write the rows, count):
-- in this process, when no `address` is given and the sweep is small: the first chunks train
-  here, and the sweep stays here while the time projected for the rest is under
-  IN_PROCESS_SECONDS (about what starting Ray and Tune costs); otherwise the rest goes to
+- in this process, when no `address` is given: the first chunks train here, and the sweep
+  stays here while the time projected for the rest is under IN_PROCESS_SECONDS; otherwise the
+  rest goes to
 - Ray Tune, one trial per chunk: an embedded local Ray (dashboard off) unless `address` names a
   running cluster. Always with `address`, or executor="ray", or inside a Ray already started.
 Configs whose run_id is already in the results folder are skipped, so the same command
@@ -43,7 +43,10 @@ __all__ = ["ClusterConnectError", "ResourceError", "Summary", "SweepInterrupted"
            "ray_session", "run_configs", "run_sweep"]
 
 EXECUTORS = ("auto", "process", "ray")
-IN_PROCESS_SECONDS = 8.0    # a sweep projected to train in less stays in this process (Ray + Tune start: ~8 s here)
+# A sweep projected to train in less than this stays in this process. Ray's fixed cost (its start,
+# Tune's, the trial processes' imports and the wind-down: ~9 s here) is then at least a sixth of the
+# time, and on 2 cores one process with 2 threads trains full-batch MLPs as fast as two Ray workers.
+IN_PROCESS_SECONDS = 60.0
 CONNECT_TIMEOUT_S = 5.0     # a Ray head that does not answer a TCP + HTTP/2 hello in this time is not there
 NODE_WAIT_S = 60.0          # on a cluster, how long to wait for a node that can hold one trial to join
 
@@ -425,15 +428,16 @@ def _in_process(name: str, todo: Pending, summary: Summary, state: dict, *, devi
                 budget: float | None) -> Pending:
     """Train chunks here, one batch's worth at a time, through train_and_write; return what is left
     for Ray: nothing, unless `budget` is given and the time projected for the rest (from the
-    seconds per model-step so far) exceeds it. A write error is retried max_failures times."""
+    seconds per model-step of the last chunk, from the third chunk on) exceeds it. A write error
+    is retried max_failures times."""
     from phasemap.runner import DEFAULT_MAX_MODELS, pick_device
 
     chunks = todo.chunks(DEFAULT_MAX_MODELS[pick_device(device)], slots=1)
-    done = steps_done = 0
-    seconds = 0.0
-    for part in chunks:
+    done = 0
+    rate = None                   # seconds per model-step of the last chunk (the first pays one-time loads)
+    for i, part in enumerate(chunks):
         configs = part.resolve(todo.grid)
-        projected = seconds / steps_done * configs[0]["steps"] * (todo.count - done) if steps_done else 0.0
+        projected = rate * configs[0]["steps"] * (todo.count - done) if rate is not None and i >= 2 else 0.0
         if budget is not None and projected > budget:
             return todo.skip(done)
         began = time.perf_counter()
@@ -447,8 +451,8 @@ def _in_process(name: str, todo: Pending, summary: Summary, state: dict, *, devi
                     summary.errors.append(_first_line(err))
                     report = {}
         summary.chunks += 1
-        seconds += time.perf_counter() - began
-        done, steps_done = done + len(configs), steps_done + sum(c["steps"] for c in configs)
+        rate = (time.perf_counter() - began) / max(1, sum(c["steps"] for c in configs))
+        done += len(configs)
         _count(summary, report)
         if report.get("runs") and state["on_runs"]:
             state["on_runs"](int(report["runs"]))
