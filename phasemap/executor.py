@@ -236,18 +236,17 @@ _SESSION: dict = {}
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Keep one Ray for several run_configs calls: started by the first call that needs it (or
-    already running), shut down at the end if started here. Calls that run in this process
-    start none."""
-    outer = dict(_SESSION)
+    already running), and shut down at the end if it was not running at the start. Calls that
+    run in this process start none."""
+    outer, was_running = dict(_SESSION), _ray_running()
     _SESSION.clear()
-    _SESSION.update(active=True, own=False)
+    _SESSION.update(active=True)
     try:
         yield
     finally:
-        own = _SESSION.get("own")
         _SESSION.clear()
         _SESSION.update(outer)
-        if own:
+        if not was_running and _ray_running() and not outer.get("active"):
             import ray
 
             ray.shutdown()
@@ -410,9 +409,7 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
         finally:
             _WATCHED.pop(key, None)
             shutil.rmtree(tmp, ignore_errors=True)
-            if own_ray and _SESSION.get("active"):
-                _SESSION["own"] = True            # ray_session shuts it down at its end
-            elif own_ray:
+            if own_ray and not _SESSION.get("active"):     # inside ray_session, it shuts Ray down
                 import ray
 
                 ray.shutdown()

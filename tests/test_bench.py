@@ -81,3 +81,6 @@ def test_the_scale_benchmark_runs_a_trivial_sweep_end_to_end_through_tune(tmp_pa
     assert r["trial_peak_mb"] > 0 and r["driver_peak_mb"] > 0
     again = CliRunner().invoke(app, ["bench", "--scale", "200", "--out", str(out)])
     assert again.exit_code == 2 and "already holds results" in again.output
+    import ray
+
+    assert not ray.is_initialized()          # the Ray it started is gone (later tests start their own)
