@@ -21,7 +21,6 @@ the runs table alone, as the runs readers here do.
 
 from __future__ import annotations
 
-import binascii
 import errno
 import hashlib
 import os
@@ -400,9 +399,10 @@ def _scan_ids(out: str | Path, set_aside: bool = False) -> tuple[np.ndarray, boo
 
 
 def _prefix_key(ids: np.ndarray) -> np.ndarray:
-    """The first 16 hex digits of each id as a uint64: sorts as the ids do, compares 20x faster."""
-    heads = np.ascontiguousarray(ids).view("S16")[::2].tobytes()        # the first 16 of 32 characters
-    return np.frombuffer(binascii.unhexlify(heads), dtype=">u8").astype(np.uint64)
+    """The first 8 bytes of each id as a big-endian uint64: sorts as the ids do (bytewise) and
+    compares 20x faster; 32 bits of a hex id's hash, so a million ids share a few hundred keys."""
+    return np.ascontiguousarray(ids).view(np.uint8).reshape(len(ids), ids.dtype.itemsize)[:, :8].copy() \
+        .view(">u8").ravel().astype(np.uint64)
 
 
 def among(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -212,3 +212,19 @@ def test_the_finished_ids_array_is_the_run_id_set_without_failed_rows(tmp_path, 
     assert {d.decode() for d in done} == store.run_ids(tmp_path) == {r["run_id"] for r in rows[:3]} | {"short-hand-made-id"}
     dropped, settled = store.settle(tmp_path)
     assert dropped == 0 and settled.tolist() == done.tolist()
+
+
+def test_membership_holds_for_ids_that_share_a_prefix_or_are_not_hex():
+    import hashlib
+
+    import numpy as np
+
+    from phasemap.grid import ids_array
+
+    ids = [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in range(3000)]
+    twins = [ids[0][:8] + "0" * 24, ids[1][:16] + "f" * 16]        # same 8- and 16-character prefixes
+    odd = ["b", "short-hand-made-id", "ZZZZZZZZZZ"]
+    pool = np.sort(ids_array(ids[:2000] + twins[:1] + odd[:1]))
+    query = ids_array(ids + twins + odd)
+    assert store.among(pool, query).tolist() == np.isin(query, pool).tolist()
+    assert store.among(pool, query).sum() == 2002
