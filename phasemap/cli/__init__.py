@@ -15,7 +15,7 @@ import warnings
 import typer
 from rich.markup import escape
 
-from phasemap.cli import analyze, bench, cluster, refine, sweeps  # noqa: F401 (registers the commands, in help order)
+from phasemap.cli import analyze, bench, cluster, refine, report, sweeps  # noqa: F401 (registers the commands, in help order)
 from phasemap.cli.common import STATE, app, err_console
 from phasemap.spec import SpecError
 

@@ -36,7 +36,7 @@ from phasemap.plots.draw import (LABELS, cell_edges, draw_dynamics, draw_loss, d
 
 __all__ = ["KINDS", "LABELS", "MAX_GROUPS", "TRAJECTORY_METRICS", "cell_edges", "default_axes", "draw_dynamics",
            "draw_loss", "draw_phase", "draw_scaling", "draw_trajectories", "draw_trend", "draw_width",
-           "dynamics_data", "label", "loss_data", "phase_data", "plot", "scaling_data", "trajectories_data",
+           "dynamics_data", "figure", "label", "loss_data", "phase_data", "plot", "scaling_data", "trajectories_data",
            "trend_data", "width_data"]
 
 KINDS = ("phase", "scaling", "width", "loss", "trend", "dynamics", "trajectories")
@@ -64,6 +64,19 @@ def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | Non
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise AnalysisError(f"{out}: the figure must end in .png, .svg or .pdf")
+    fig = figure(results, kind, x, y, color, facet, metric, by, run, where)
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=200)
+    plt.close(fig)
+    return out
+
+
+def figure(results, kind: str, x: str | None = None, y: str | None = None, color: str | None = None,
+           facet: str | None = None, metric: str | None = None, by: list[str] | None = None,
+           run: str | None = None, where: dict[str, object] | None = None):
+    """The matplotlib figure `plot` saves (the caller closes it)."""
     if kind not in KINDS:
         raise AnalysisError(f"unknown plot kind {kind!r}; use one of {', '.join(KINDS)}")
     if by is not None and kind != "trend":
@@ -73,15 +86,8 @@ def plot(results, kind: str, out: str | Path, x: str | None = None, y: str | Non
     if (run is not None or where) and kind not in TRACED:
         raise AnalysisError("--run and --where choose recorded runs; use them with --kind dynamics or trajectories")
     if kind in TRACED:
-        fig = _plot_traced(results, kind, x, y, metric or color, facet, run, where)
-    else:
-        fig = _plot_runs(results, kind, x, y, metric, color, facet, by)
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=200)
-    plt.close(fig)
-    return out
+        return _plot_traced(results, kind, x, y, metric or color, facet, run, where)
+    return _plot_runs(results, kind, x, y, metric, color, facet, by)
 
 
 def _plot_traced(results, kind: str, x: str | None, y: str | None, metric: str | None, facet: str | None,

@@ -108,7 +108,8 @@ def scaling_data(results, metric: str | None = None, axis: str = "gamma", method
             "points": (fit.points[:, 0], fit.points[:, 1]), "points_ci": fit.points_ci,
             "unresolved": fit.unresolved, "beta": fit.beta, "C": fit.C, "grid": grid, "fit": fit.C * grid ** (-fit.beta),
             "band": (np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)),
-            "metric": fit.metric, "axis": axis, "n_runs": runs.height + fit.n_excluded, "n_excluded": fit.n_excluded}
+            "metric": fit.metric, "axis": axis, "n_runs": runs.height + fit.n_excluded, "n_excluded": fit.n_excluded,
+            "fits": fit.fits}
 
 
 def width_data(results, metric: str, axis: str = "gamma", min_seed_share: float = MIN_SEED_SHARE) -> pl.DataFrame:
