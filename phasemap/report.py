@@ -156,7 +156,7 @@ def _cell(value) -> str:
 def _table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
     """A sortable table; one of more than FOLDED_ROWS rows is folded (click to open)."""
     headers = headers or {}
-    head = "".join(f"<th>{html.escape(headers.get(c, label(c)))}</th>" for c in frame.columns)
+    head = "".join(f"<th>{html.escape(headers.get(c, name_of(c)))}</th>" for c in frame.columns)
     rows = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in frame.iter_rows())
     table = f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
     return table if frame.height <= FOLDED_ROWS else f"<details><summary>{frame.height:,} rows</summary>{table}</details>"
@@ -199,7 +199,20 @@ def _config_columns(runs: pl.DataFrame) -> list[str]:
 
 
 def _short(value) -> str:
+    if isinstance(value, pl.Series):
+        value = value.to_list()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _plain(text: str) -> str:
+    """A figure label without matplotlib's math markup, for HTML text."""
+    return text.replace("$", "").replace(r"\cdots", "⋯").replace("\\", "")
+
+
+def name_of(column: str) -> str:
+    return _plain(label(column))
 
 
 def _phase(results: str, runs: pl.DataFrame, metric: str) -> str:
@@ -214,15 +227,15 @@ def _phase(results: str, runs: pl.DataFrame, metric: str) -> str:
     except AnalysisError:
         return ""
     pooled = [a for a in axes[2:] if a != facet]
-    out = _figure(draw_phase(data), f"{label(metric)} over {label(x)} and {label(y)}"
-                  + (f", one panel per {label(facet)}" if facet else "")
-                  + (f"; each cell pools the seeds and every value of {', '.join(label(a) for a in pooled)}"
+    out = _figure(draw_phase(data), f"{name_of(metric)} over {name_of(x)} and {name_of(y)}"
+                  + (f", one panel per {name_of(facet)}" if facet else "")
+                  + (f"; each cell pools the seeds and every value of {', '.join(name_of(a) for a in pooled)}"
                      if pooled else "; each cell pools the seeds") + "; diverged and failed runs are marked.")
     found = data["critical"]
     if found is not None and found.height:
         keep = [c for c in (y, facet, "from", "to", "critical", "ci_low", "ci_high", "resolved", "n_runs", "n_excluded",
                             "n_unsettled", "note") if c and c in found.columns]
-        out += (f"<h3>Critical points along {html.escape(label(x))}</h3>"
+        out += (f"<h3>Critical points along {html.escape(name_of(x))}</h3>"
                 '<p class="note">Seeds pooled; CIs from 50 bootstrap resamples of the seeds, widened to the '
                 "grid step (as in the figure; <code>phasemap critical</code> uses 200).</p>" + _table(found.select(keep)))
     return out
@@ -243,7 +256,7 @@ def _scaling(results: str, runs: pl.DataFrame, metric: str) -> str:
         b_lo, b_hi = np.percentile(fits[:, 0], [2.5, 97.5])
         c_lo, c_hi = np.percentile(fits[:, 1], [2.5, 97.5])
         ci = f" (95% CI of β [{b_lo:.3g}, {b_hi:.3g}], of C [{c_lo:.3g}, {c_hi:.3g}], bootstrap over seeds)"
-    out = (f"<p>{html.escape(label(metric))} ≤ C·γ<sup>−β</sup> with β = {data['beta']:.3g}, "
+    out = (f"<p>{html.escape(name_of(metric))} ≤ C·γ<sup>−β</sup> with β = {data['beta']:.3g}, "
            f"C = {data['C']:.3g}{ci}, fitted to {len(data['points'][0])} transition points; "
            f"{data['n_excluded']:,} runs excluded (diverged, failed or without the metric).</p>"
            + _figure(draw_scaling(data), "Runs, transition points with their CIs, the fitted bound and its 95% band."))
@@ -261,7 +274,7 @@ def _dynamics(results: str, runs: pl.DataFrame, metric: str) -> str:
     axes = [a for a in independent_axes(recorded) if a in recorded.columns]
     order = recorded.sort(axes[0] if axes else "run_id")["run_id"].to_list()
     picks = [order[i * (len(order) - 1) // max(1, DYNAMICS_RUNS - 1)] for i in range(min(DYNAMICS_RUNS, len(order)))]
-    out = f"<p>{len(order):,} recorded runs; {len(set(picks))} drawn, spread over {label(axes[0]) if axes else 'the runs'}.</p>"
+    out = f"<p>{len(order):,} recorded runs; {len(set(picks))} drawn, spread over {name_of(axes[0]) if axes else 'the runs'}.</p>"
     for run in dict.fromkeys(picks):
         try:
             out += _figure(draw_dynamics(dynamics_data(results, run)), f"run {run}")
