@@ -231,6 +231,10 @@ def _phase(results: str, runs: pl.DataFrame, metric: str) -> str:
                   + (f", one panel per {name_of(facet)}" if facet else "")
                   + (f"; each cell pools the seeds and every value of {', '.join(name_of(a) for a in pooled)}"
                      if pooled else "; each cell pools the seeds") + "; diverged and failed runs are marked.")
+    if "symmetry_class" in runs.columns and runs["symmetry_class"].drop_nulls().len():
+        classes = phase_data(runs, x, y, "symmetry_class", facet)
+        out += _figure(draw_phase(classes), f"The symmetry class most seeds reached in each cell, over {name_of(x)} "
+                       f"and {name_of(y)}, with the share of seeds that agree.")
     found = data["critical"]
     if found is not None and found.height:
         keep = [c for c in (y, facet, "from", "to", "critical", "ci_low", "ci_high", "resolved", "n_runs", "n_excluded",
