@@ -294,19 +294,28 @@ def _refinement(results: str, runs: pl.DataFrame, metric: str) -> str:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = []
+    rows, per_round = [], {}
     for summary in optuna.get_all_study_summaries(f"sqlite:///{db.resolve()}"):
         study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db.resolve()}")
         trials = study.get_trials(deepcopy=False)
         told = [t for t in trials if t.user_attrs.get("run_ids")]
+        if any("round" in t.user_attrs for t in told):
+            per_round[summary.study_name] = (
+                pl.DataFrame({"round": [t.user_attrs.get("round", 0) for t in told],
+                              "runs": [len(t.user_attrs["run_ids"]) for t in told]})
+                .group_by("round").agg(pl.len().alias("points"), pl.col("runs").sum()).sort("round"))
         rows.append({"study": summary.study_name, "points": len(trials),
                      "runs": len({r for t in told for r in t.user_attrs["run_ids"]}),
                      "first": str(min((t.datetime_start for t in trials if t.datetime_start), default="")),
                      "last": str(max((t.datetime_complete for t in trials if t.datetime_complete), default=""))})
     if not rows:
         return ""
-    return ("<p>Optuna studies of <code>phasemap refine</code> in this folder (refine.db): one trial per "
-            "evaluated point.</p>" + _table(pl.DataFrame(rows)))
+    out = ("<p>Optuna studies of <code>phasemap refine</code> in this folder (refine.db): one trial per "
+           "evaluated point.</p>" + _table(pl.DataFrame(rows)))
+    for name, rounds in per_round.items():
+        if rounds.height > 1:
+            out += f"<h3>Rounds of {html.escape(name)}</h3>" + _table(rounds, {"round": "round (0: the coarse grid)"})
+    return out
 
 
 def _problems(results: str, runs: pl.DataFrame, metric: str) -> str:

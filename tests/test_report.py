@@ -101,3 +101,17 @@ def test_the_page_in_a_real_browser(trained, tmp_path):
     assert requests == [] and errors == []
     assert narrow
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_refined_study_gets_its_rounds(tmp_path):
+    spec = tmp_path / "lin.yaml"
+    spec.write_text("name: lin\ntask: {teacher: linear, input_dim: 3, output_dim: 2, n_train: 32, n_test: 8, "
+                    "spectrum: [1.0, 0.4], whiten: true}\nmodel: {depth: 2, width: 3, activation: linear, init_scale: 0.01}\n"
+                    "train: {optimizer: sgd, lr: 0.2, steps: 1500}\ngrid:\n  gamma: {logspace: [0.1, 2.0, 4]}\n  seed: {range: 2}\n")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["refine", str(spec), "--metric", "weight_rank", "--axis", "gamma",
+                                    "--out", str(out), "--budget", "24"]).exit_code in (0, 1)
+    page = report([str(out)])
+    assert "refinement" in page and "Rounds of lin:weight_rank:gamma:boundary" in page
+    assert "round (0: the coarse grid)" in page

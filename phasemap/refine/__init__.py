@@ -15,7 +15,8 @@ Optuna's own samplers minimise. A killed refine resumes from the study: points a
 told are trained (what is already in the results folder is not trained again) and told.
 
 Runs go through the same path as `phasemap run`: ordinary configs and run_ids, the same results
-folder, Ray Tune trials of chunks, all rounds in one Ray session.
+folder; a small round trains in this process, a bigger one on Ray Tune, and a Ray started for one
+round is kept for the next. Each trial records its round (0: the coarse grid).
 
     out = refine(load_spec("sweeps/validation/linear-rank.yaml"), "weight_rank", "gamma",
                  "results/linear-rank-refined", precision=0.01, budget=200)
@@ -214,12 +215,12 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
         if summary.fatal or summary.interrupted:
             raise store.StoreError(summary.fatal or "refine was interrupted; run it again to resume", retryable=False)
 
-    def told(params_list: list[dict], trials: list | None = None) -> None:
+    def told(params_list: list[dict], trials: list | None = None, round_: int = 0) -> None:
         runs = {i: [c["run_id"] for c in configs_of(p)] for i, p in enumerate(params_list)}
         rows = read({r for ids in runs.values() for r in ids})
         for i, params in enumerate(params_list):
             mean, order = _point_stats(rows.filter(pl.col("run_id").is_in(runs[i])), metric)
-            attrs = {"mean": mean, "order": order, "run_ids": runs[i]}
+            attrs = {"mean": mean, "order": order, "run_ids": runs[i], "round": round_}
             if trials is None:       # a coarse grid point
                 study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=distributions, user_attrs=attrs,
@@ -273,7 +274,7 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
                 group = {g: trial.suggest_categorical(g, tuple(grid[g])) for g in choices}
                 params.append({**point, **group})
             train([c for p in params for c in configs_of(p)])
-            told(params, trials)
+            told(params, trials, round_=len({t.user_attrs.get("round", 0) for t in study.get_trials(deepcopy=False)}))
             rounds += 1
             if on_round:
                 on_round(rounds, len(study.get_trials(deepcopy=False)), used + n * len(seeds))
