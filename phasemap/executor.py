@@ -97,10 +97,11 @@ class Summary:
         return self.missing == 0 and self.interrupted is None and self.fatal is None and not self.failed_trials
 
 
-def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str) -> dict:
+def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str, spec_yaml: str | None = None) -> dict:
     """Train one chunk and write its file (and its traces); return the report the driver counts:
     {"runs": n, "rows_ok": k, ...}, or {"runs": 0, "fatal": why} for a write that no retry can fix
     (no space, no permission), so that the chunk is not trained again. A retryable write error raises.
+    The file's metadata holds the sweep file (spec_yaml) and the versions that trained it.
     """
     from phasemap.runner import train_chunk
 
@@ -108,7 +109,7 @@ def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str) 
     for row in rows:
         row["sweep"] = sweep
     try:
-        store.write_rows(rows, out_dir, traces)
+        store.write_rows(rows, out_dir, traces, meta={"sweep": sweep, "spec": spec_yaml, "versions": _versions()})
     except store.StoreError as err:
         if err.retryable:
             raise
@@ -120,15 +121,33 @@ def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str) 
     return {"runs": len(rows), "peak_mb": peak_mb, **{f"rows_{k}": v for k, v in counts.items()}}
 
 
+def _versions() -> dict[str, str]:
+    """The versions of what trains here (ray only where it is loaded: a Tune trial)."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    names = ["phasemap", "torch", "numpy", "pyarrow"] + (["ray"] if "ray" in sys.modules else [])
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if "torch" in sys.modules:
+        out["torch"] = sys.modules["torch"].__version__       # the build (+cpu, +cu121) as well
+    return out
+
+
 def _trial(config: dict, chunks: list[Chunk], grid: Grid | None, out_dir: str, sweep: str, device: str,
-           threads: int) -> None:
+           threads: int, spec_yaml: str | None = None) -> None:
     """A Ray Tune trainable: resolve one chunk's configs, train_and_write them and report (a
     retryable error: Tune retries). It receives the grid and index ranges, never the sweep's configs."""
     import torch
     from ray import tune
 
     torch.set_num_threads(threads)
-    tune.report(train_and_write(chunks[config["chunk"]].resolve(grid), out_dir, sweep, device))
+    tune.report(train_and_write(chunks[config["chunk"]].resolve(grid), out_dir, sweep, device, spec_yaml))
 
 
 def _quiet_tune() -> None:
@@ -440,7 +459,7 @@ def _in_process(name: str, todo: Pending, summary: Summary, state: dict, *, devi
         began = time.perf_counter()
         for attempt in range(max_failures + 1):
             try:
-                report = train_and_write(configs, todo.out_dir, name, device)
+                report = train_and_write(configs, todo.out_dir, name, device, todo.spec_yaml)
                 break
             except Exception as err:  # noqa: BLE001 - as a Tune trial: retried, then counted with its reason
                 if attempt == max_failures:
@@ -473,7 +492,7 @@ def _tune(name: str, todo: Pending, summary: Summary, state: dict, key: int, tmp
     chunks = todo.chunks(chunk, slots)
     summary.chunks += len(chunks)
     trainable = tune.with_parameters(
-        _trial, chunks=chunks, grid=todo.grid, out_dir=todo.out_dir, sweep=name,
+        _trial, chunks=chunks, grid=todo.grid, out_dir=todo.out_dir, sweep=name, spec_yaml=todo.spec_yaml,
         device=device, threads=max(1, int(cpus_per_trial)))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),

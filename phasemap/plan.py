@@ -87,10 +87,11 @@ class Pending:
     indices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     configs: list[dict] | None = None
     heaviest: float | None = None           # the largest shapes.work of one config of the grid
+    spec_yaml: str | None = None            # the sweep file as validated, stored with every results file
 
     @classmethod
-    def of_configs(cls, configs: list[dict], total: int, out_dir: str) -> "Pending":
-        return cls(total=total, out_dir=out_dir, configs=sorted(configs, key=shape_order))
+    def of_configs(cls, configs: list[dict], total: int, out_dir: str, spec_yaml: str | None = None) -> "Pending":
+        return cls(total=total, out_dir=out_dir, configs=sorted(configs, key=shape_order), spec_yaml=spec_yaml)
 
     @property
     def count(self) -> int:
@@ -133,8 +134,9 @@ class Pending:
     def skip(self, count: int) -> "Pending":
         """The same plan without its first `count` configs (those trained already)."""
         if self.configs is not None:
-            return Pending(self.total, self.out_dir, configs=self.configs[count:])
-        return Pending(self.total, self.out_dir, self.grid, self.indices[count:], heaviest=self.heaviest)
+            return Pending(self.total, self.out_dir, configs=self.configs[count:], spec_yaml=self.spec_yaml)
+        return Pending(self.total, self.out_dir, self.grid, self.indices[count:], heaviest=self.heaviest,
+                       spec_yaml=self.spec_yaml)
 
 
 def shape_sorted(grid: Grid, indices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -164,7 +166,15 @@ def pending(spec: SweepSpec, out_dir: str, max_configs: int = DEFAULT_MAX_CONFIG
     done = store.finished(out_dir, set_aside=set_aside)
     if len(done):
         indices = indices[np.concatenate([~store.among(done, grid.run_ids(b)) for b in _blocks(indices)])]
-    return Pending(total=grid.size, out_dir=out_dir, grid=grid, indices=indices, heaviest=heaviest)
+    return Pending(total=grid.size, out_dir=out_dir, grid=grid, indices=indices, heaviest=heaviest,
+                   spec_yaml=spec_yaml(spec))
+
+
+def spec_yaml(spec: SweepSpec) -> str:
+    """The sweep as its file would say it, after validation and --set (keys at their defaults left out)."""
+    import yaml
+
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
 
 
 def _blocks(indices: np.ndarray, size: int = 65536):

@@ -99,6 +99,7 @@ def _study(results: str, metric: str | None) -> dict:
     if not info["runs"]:
         raise ResultsError(f"{results}: no runs to report")
     runs = source(results).collect()
+    info["meta"] = store.read_meta(results)
     name = ", ".join(info["sweeps"]) or Path(results).name
     key = "".join(c if c.isalnum() else "-" for c in name)[:40] + "-" + hashlib.blake2b(results.encode(), digest_size=3).hexdigest()
     metric = metric or default_metric(runs)
@@ -180,15 +181,30 @@ def _overview(info: dict, runs: pl.DataFrame) -> str:
         span = runs["finished_at"].max() - runs["finished_at"].min()
         span = span.total_seconds() if hasattr(span, "total_seconds") else float(span)
         timing.append(f"first to last result {span:,.0f} s")
-    constant = {c: runs[c][0] for c in _config_columns(runs) if runs[c].n_unique() == 1 and runs[c][0] is not None}
-    setup = "\n".join(f"{k}: {_short(v)}" for k, v in sorted(constant.items()))
-    grid = "\n".join(f"  {axis}: [{', '.join(_short(v) for v in values)}]" for axis, values in info["axes"].items())
     return (f"<p>{info['runs']:,} runs in {info['files']:,} files at <code>{html.escape(info['path'])}</code>"
             f" ({'; '.join(timing) or 'no timing columns'}).</p>"
             + _table(status) + "<h3>Axes</h3>" + _table(axes)
             + ("<p>" + "<br>".join(html.escape(w) for w in where) + "</p>" if where else "")
             + "".join(f'<p class="note">note: {html.escape(n)}</p>' for n in info["notes"])
-            + "<h3>Configuration (from the rows: the values every run shares, then the grid)</h3>"
+            + _configuration(info, runs))
+
+
+def _configuration(info: dict, runs: pl.DataFrame) -> str:
+    """The sweep files and versions the runs files record; for files written before they did, the
+    configuration read back from the rows."""
+    out = ""
+    with_spec = [m for m in info["meta"] if m.get("spec")]
+    for meta in with_spec:
+        versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
+        out += (f"<h3>Sweep file {html.escape(str(meta.get('sweep', '')))}</h3>"
+                f'<p class="note">as validated (with any --set), keys at their defaults left out; trained with '
+                f"{html.escape(versions or 'unrecorded versions')}</p><pre>{html.escape(meta['spec'])}</pre>")
+    if with_spec and len(with_spec) == len(info["meta"]) and info["meta"]:
+        return out
+    constant = {c: runs[c][0] for c in _config_columns(runs) if runs[c].n_unique() == 1 and runs[c][0] is not None}
+    setup = "\n".join(f"{k}: {_short(v)}" for k, v in sorted(constant.items()))
+    grid = "\n".join(f"  {axis}: [{', '.join(_short(v) for v in values)}]" for axis, values in info["axes"].items())
+    return (out + "<h3>Configuration (from the rows: the values every run shares, then the grid)</h3>"
             + f"<pre>{html.escape(setup)}\ngrid:\n{html.escape(grid)}</pre>")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import types
 import uuid
@@ -188,18 +189,34 @@ def _write_atomic(fs: pafs.FileSystem, table: pa.Table, path: str) -> None:
         raise
 
 
-def write_rows(rows: list[dict], out: str | Path, traces: list[dict] | None = None) -> str:
+META_KEY = b"phasemap"     # a runs file's metadata: {"sweep", "spec" (YAML), "versions"}
+
+
+def write_rows(rows: list[dict], out: str | Path, traces: list[dict] | None = None, meta: dict | None = None) -> str:
     """Write one chunk's rows as one Parquet file, atomically, after its trace rows (if any) in
-    _traces/; return the runs file's path."""
+    _traces/; return the runs file's path. `meta` (JSON) goes into the file's metadata."""
     fs, folder = location(out)
     path = f"{folder}/{chunk_name([r['run_id'] for r in rows])}"
+    table = to_table(rows)
+    if meta:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
     try:
         if traces:
             _write_atomic(fs, traces_table(traces), trace_path(path))
-        _write_atomic(fs, to_table(rows), path)
+        _write_atomic(fs, table, path)
     except (OSError, pa.ArrowException) as err:
         raise StoreError(f"cannot write results to {out}: {_reason(err)}", _retryable(err)) from err
     return path
+
+
+def read_meta(out: str | Path) -> list[dict]:
+    """The distinct metadata (write_rows' `meta`) of a location's runs files, most files first."""
+    good, _ = _read_each(out, lambda fs, path: (pq.read_schema(path, filesystem=fs).metadata or {}).get(META_KEY))
+    counts: dict[bytes, int] = {}
+    for _, raw in good:
+        if raw:
+            counts[raw] = counts.get(raw, 0) + 1
+    return [json.loads(raw) for raw, _ in sorted(counts.items(), key=lambda item: -item[1])]
 
 
 def check_writable(out: str | Path) -> None:

@@ -52,17 +52,17 @@ def test_a_retryable_write_error_is_retried_and_a_lasting_one_counted_with_its_r
     spec, out = load_spec(sweep_file(tmp_path)), tmp_path / "out"
     real, calls = store.write_rows, []
 
-    def flaky(rows, where, traces=None):
+    def flaky(rows, where, traces=None, meta=None):
         calls.append(len(rows))
         if len(calls) == 1:
             raise store.StoreError("cannot write results: connection reset", retryable=True)
-        return real(rows, where, traces)
+        return real(rows, where, traces, meta)
 
     monkeypatch.setattr(store, "write_rows", flaky)
     summary = executor.run_sweep(spec, out, executor="process")
     assert summary.complete and summary.runs == 4 and calls == [4, 4]
 
-    def broken(rows, where, traces=None):
+    def broken(rows, where, traces=None, meta=None):
         raise store.StoreError("cannot write results: connection reset", retryable=True)
 
     monkeypatch.setattr(store, "write_rows", broken)
@@ -75,7 +75,7 @@ def test_a_retryable_write_error_is_retried_and_a_lasting_one_counted_with_its_r
 def test_a_write_no_retry_can_fix_stops_the_sweep_after_one_attempt(tmp_path, monkeypatch):
     calls = []
 
-    def full(rows, where, traces=None):
+    def full(rows, where, traces=None, meta=None):
         calls.append(1)
         raise store.StoreError("cannot write results: No space left on device", retryable=False)
 

@@ -45,6 +45,9 @@ def test_the_page_holds_every_section_that_applies_and_nothing_outside_the_file(
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", page)
     assert "@import" not in page and "url(http" not in page
     assert "<script src" not in page and "<link" not in page
+    # the sweep file and the versions that trained it, from the runs files' metadata
+    assert "Sweep file tiny" in page and "steps: 300" in page and "record:" in page
+    assert f"torch {__import__('torch').__version__}" in page
 
 
 def test_the_critical_table_is_the_phase_figures_own(trained):

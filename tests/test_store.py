@@ -228,3 +228,10 @@ def test_membership_holds_for_ids_that_share_a_prefix_or_are_not_hex():
     query = ids_array(ids + twins + odd)
     assert store.among(pool, query).tolist() == np.isin(query, pool).tolist()
     assert store.among(pool, query).sum() == 2002
+
+
+def test_a_runs_file_carries_the_sweep_and_versions_it_was_written_with(tmp_path, rows):
+    store.write_rows(rows[:2], tmp_path, meta={"sweep": "st", "spec": "name: st\n", "versions": {"torch": "x"}})
+    store.write_rows(rows[2:], tmp_path)                                  # an older file: no metadata
+    assert store.read_meta(tmp_path) == [{"sweep": "st", "spec": "name: st\n", "versions": {"torch": "x"}}]
+    assert pl.read_parquet(store.files(tmp_path)).height == len(rows)     # readers are unaffected

@@ -159,7 +159,7 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     from phasemap.executor import ray_session, run_configs
-    from phasemap.plan import Pending, pending
+    from phasemap.plan import Pending, pending, spec_yaml
 
     refined = [axis] if isinstance(axis, str) else list(axis)
     grid = _check(spec, metric, refined, precision, sampler)
@@ -210,7 +210,8 @@ def refine(spec: SweepSpec, metric: str, axis: str | list[str], out: str | Path,
     def train(configs: list[dict]) -> None:
         todo = [c for c in {c["run_id"]: c for c in configs}.values()]
         done = store.run_ids(out, set_aside=True)
-        summary = run_configs(spec.name, Pending.of_configs([c for c in todo if c["run_id"] not in done], len(todo), out),
+        summary = run_configs(spec.name, Pending.of_configs([c for c in todo if c["run_id"] not in done], len(todo), out,
+                                                            spec_yaml(spec)),
                               **run_kw)
         if summary.fatal or summary.interrupted:
             raise store.StoreError(summary.fatal or "refine was interrupted; run it again to resume", retryable=False)
