@@ -5,14 +5,16 @@ Two executors run the same chunk function (`train_and_write`: train, write the r
   stays here while the time projected for the rest is under IN_PROCESS_SECONDS; otherwise the
   rest goes to
 - Ray Tune, one trial per chunk: an embedded local Ray (dashboard off) unless `address` names a
-  running cluster. Always with `address`, or executor="ray", or inside a Ray already started.
+  running cluster. Always with `address`, trial resources asked for (gpus_per_trial, a
+  cpus_per_trial other than 1), executor="ray", or inside a Ray already started.
 Configs whose run_id is already in the results folder are skipped, so the same command
 resumes an interrupted sweep and a grown grid runs only its new points. Trials write their
 own Parquet files; the driver only counts, so thousands of configs make tens of trials.
 
-SIGINT or SIGTERM during a run asks Tune to stop: finished chunks stay on disk, the running
-ones are dropped, Ray is shut down, and the summary says which signal ended the run and how
-many configs are still missing (a second signal stops at once).
+SIGINT or SIGTERM stops a run: finished chunks stay on disk and the running ones are dropped.
+In this process the first signal stops at once (SweepInterrupted); on Tune it asks Tune to stop,
+Ray is shut down, and the summary says which signal ended the run and how many configs are still
+missing (a second signal stops at once).
 
     summary = run_sweep(load_spec("sweeps/quickstart.yaml"), "results/quickstart")
 """
@@ -410,7 +412,9 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
     with _signals(state) as arm:
         try:
             rest = todo
-            if executor == "process" or (executor == "auto" and not address and not _ray_running()):
+            # Trial resources asked for (--gpus-per-trial, --cpus-per-trial) are Ray's to grant or refuse.
+            local = not address and not _ray_running() and gpus_per_trial == 0 and cpus_per_trial == 1
+            if executor == "process" or (executor == "auto" and local):
                 summary.executor = "process"
                 if on_start:
                     on_start(todo.count, summary.skipped)

@@ -118,3 +118,11 @@ def test_a_signal_stops_an_in_process_sweep_and_keeps_its_finished_chunks(tmp_pa
     rerun = CliRunner().invoke(app, ["run", str(spec), "--out", str(out)])
     assert rerun.exit_code == 0 and f"{on_disk.height} were already there" in rerun.output
     assert pl.read_parquet(store.files(out))["run_id"].n_unique() == 96
+
+
+@pytest.mark.slow
+def test_trial_resources_asked_for_go_to_ray_which_refuses_what_it_cannot_grant(tmp_path):
+    result = CliRunner().invoke(app, ["run", str(sweep_file(tmp_path)), "--out", str(tmp_path / "out"),
+                                      "--gpus-per-trial", "1", "--num-cpus", "2"])
+    assert result.exit_code == 2 and "has no GPU" in result.output
+    assert not store.files(tmp_path / "out")
