@@ -21,6 +21,7 @@ missing (a second signal stops at once).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import resource
@@ -49,6 +50,7 @@ EXECUTORS = ("auto", "process", "ray")
 # Tune's, the trial processes' imports and the wind-down: ~9 s here) is then at least a sixth of the
 # time, and on 2 cores one process with 2 threads trains full-batch MLPs as fast as two Ray workers.
 IN_PROCESS_SECONDS = 60.0
+IN_PROCESS_FILE = 256        # configs per results file in this process, after the first two batches
 CONNECT_TIMEOUT_S = 5.0     # a Ray head that does not answer a TCP + HTTP/2 hello in this time is not there
 NODE_WAIT_S = 60.0          # on a cluster, how long to wait for a node that can hold one trial to join
 
@@ -446,20 +448,25 @@ def run_configs(name: str, todo: Pending, *, chunk: int | None = None, address: 
 
 def _in_process(name: str, todo: Pending, summary: Summary, state: dict, *, device: str, max_failures: int,
                 budget: float | None) -> Pending:
-    """Train chunks here, one batch's worth at a time, through train_and_write; return what is left
-    for Ray: nothing, unless `budget` is given and the time projected for the rest (from the
-    seconds per model-step of the last chunk, from the third chunk on) exceeds it. A write error
-    is retried max_failures times."""
+    """Train chunks here through train_and_write; return what is left for Ray: nothing, unless
+    `budget` is given and the time projected for the rest (from the seconds per model-step of the
+    chunks so far but the first, from the fourth chunk on) exceeds it. A write error is retried
+    max_failures times."""
     from phasemap.runner import DEFAULT_MAX_MODELS, pick_device
 
-    chunks = todo.chunks(DEFAULT_MAX_MODELS[pick_device(device)], slots=1)
-    done = 0
-    rate = None                   # seconds per model-step of the last chunk (the first pays one-time loads)
-    for i, part in enumerate(chunks):
-        configs = part.resolve(todo.grid)
-        projected = rate * configs[0]["steps"] * (todo.count - done) if rate is not None and i >= 2 else 0.0
+    batch = DEFAULT_MAX_MODELS[pick_device(device)]
+    rest = todo
+    seconds = steps = 0.0         # spent on the chunks after the first (which pays one-time loads)
+    for i in itertools.count():
+        if not rest.count:
+            break
+        # After two chunks of one batch a file holds several (a Parquet write costs ~50 ms whatever
+        # its size: 64 files of ref-mlp took 3 s); the decision waits for one of those, so that it
+        # rests on seconds of training, not on one noisy batch.
+        configs = rest.first(batch if i < 2 else IN_PROCESS_FILE).resolve(todo.grid)
+        projected = seconds / steps * configs[0]["steps"] * rest.count if i >= 3 else 0.0
         if budget is not None and projected > budget:
-            return todo.skip(done)
+            return rest
         began = time.perf_counter()
         for attempt in range(max_failures + 1):
             try:
@@ -471,15 +478,16 @@ def _in_process(name: str, todo: Pending, summary: Summary, state: dict, *, devi
                     summary.errors.append(_first_line(err))
                     report = {}
         summary.chunks += 1
-        rate = (time.perf_counter() - began) / max(1, sum(c["steps"] for c in configs))
-        done += len(configs)
+        if i:
+            seconds, steps = seconds + time.perf_counter() - began, steps + sum(c["steps"] for c in configs)
+        rest = rest.skip(len(configs))
         _count(summary, report)
         if report.get("runs") and state["on_runs"]:
             state["on_runs"](int(report["runs"]))
         if report.get("fatal"):
             state["fatal"] = report["fatal"]
             break
-    return todo.skip(todo.count)
+    return rest.skip(rest.count)
 
 
 def _count(summary: Summary, metrics: dict) -> None:

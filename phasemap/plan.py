@@ -131,6 +131,12 @@ class Pending:
             return MAX_CHUNK
         return int(min(MAX_LIGHT_CHUNK, max(MAX_CHUNK, LIGHT_CHUNK_WORK // heaviest)))
 
+    def first(self, size: int) -> Chunk:
+        """One chunk of the first `size` configs to run."""
+        if self.configs is not None:
+            return Chunk(configs=self.configs[:size])
+        return Chunk(ranges=ranges_of(self.indices[:size]))
+
     def skip(self, count: int) -> "Pending":
         """The same plan without its first `count` configs (those trained already)."""
         if self.configs is not None:

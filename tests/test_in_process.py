@@ -88,13 +88,16 @@ def test_a_write_no_retry_can_fix_stops_the_sweep_after_one_attempt(tmp_path, mo
 
 def test_a_sweep_projected_past_the_budget_hands_the_rest_to_ray_tune(tmp_path, monkeypatch):
     monkeypatch.setattr(executor, "IN_PROCESS_SECONDS", 0.0)
-    spec = load_spec(sweep_file(tmp_path, seeds=40))            # 80 configs: chunks of 32, 32 and 16
+    spec = load_spec(sweep_file(tmp_path, seeds=200))           # 400 configs: chunks of 32, 32, 256, then 80
     summary = executor.run_sweep(spec, tmp_path / "out", num_cpus=2)
-    # the first two chunks train here (the first pays one-time loads, so the second's rate decides)
-    assert summary.executor == "process+ray" and summary.complete and summary.runs == 80
+    # three chunks train here (the first pays one-time loads; the next two give the rate that decides)
+    assert summary.executor == "process+ray" and summary.complete and summary.runs == 400
     frame = pl.read_parquet(store.files(tmp_path / "out"))
-    assert frame.height == 80 and frame["run_id"].n_unique() == 80
-    assert (frame["batch_models"] == 32).sum() == 64
+    assert frame.height == 400 and frame["run_id"].n_unique() == 400
+    assert (frame["batch_models"] == 32).sum() == 320                # the 256 in batches of 32, one file
+    files = store.files(tmp_path / "out")
+    assert len(files) == summary.chunks                              # one file per chunk, here or on Ray
+    assert sum(pl.read_parquet(f)["batch_models"].max() == 32 for f in files) == 3
 
 
 def test_the_process_executor_refuses_an_address(tmp_path):
