@@ -21,6 +21,7 @@ missing (a second signal stops at once).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -37,8 +38,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from phasemap import store
-from phasemap.grid import DEFAULT_MAX_CONFIGS
-from phasemap.grid import Grid
+from phasemap.grid import DEFAULT_MAX_CONFIGS, Grid
 from phasemap.plan import Chunk, Pending, pending, plan_chunks
 from phasemap.spec import SweepSpec
 
@@ -125,8 +125,10 @@ def train_and_write(configs: list[dict], out_dir: str, sweep: str, device: str, 
     return {"runs": len(rows), "peak_mb": peak_mb, **{f"rows_{k}": v for k, v in counts.items()}}
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
-    """The versions of what trains here (ray only where it is loaded: a Tune trial)."""
+    """The versions of what trains here (ray only where it is loaded: a Tune trial), looked up
+    once per process."""
     import platform
     import sys
     from importlib import metadata

@@ -109,9 +109,15 @@ class Pending:
 
     def missing(self, finished: np.ndarray) -> int:
         """How many of the configs to run are not among `finished` (store.finished_ids)."""
+        return int((~self.finished_in(store.IdIndex(finished))).sum())
+
+    def finished_in(self, done: store.IdIndex) -> np.ndarray:
+        """Per config to run, whether `done` holds its run_id (a grid's run_ids are computed 65,536
+        at a time: 2 MB each, not 32 MB per million)."""
         if self.configs is not None:
-            return int((~store.among(finished, self.run_ids())).sum())
-        return int(sum((~store.among(finished, self.grid.run_ids(block))).sum() for block in _blocks(self.indices)))
+            return done.among(self.run_ids())
+        blocks = [self.indices[i:i + 65536] for i in range(0, len(self.indices), 65536)]
+        return np.concatenate([done.among(self.grid.run_ids(b)) for b in blocks]) if blocks else np.zeros(0, bool)
 
     def chunks(self, size: int | None, slots: int) -> list[Chunk]:
         """Chunks of `size` configs (default: about TRIALS_PER_SLOT per slot, at most MAX_CHUNK),
@@ -169,11 +175,12 @@ def pending(spec: SweepSpec, out_dir: str, max_configs: int = DEFAULT_MAX_CONFIG
     grid = Grid.of(spec, max_configs)
     out_dir = store.normalize(out_dir)
     indices, heaviest = shape_sorted(grid, np.arange(grid.size, dtype=np.int64))
+    todo = Pending(total=grid.size, out_dir=out_dir, grid=grid, indices=indices, heaviest=heaviest,
+                   spec_yaml=spec_yaml(spec))
     done = store.finished(out_dir, set_aside=set_aside)
     if len(done):
-        indices = indices[np.concatenate([~store.among(done, grid.run_ids(b)) for b in _blocks(indices)])]
-    return Pending(total=grid.size, out_dir=out_dir, grid=grid, indices=indices, heaviest=heaviest,
-                   spec_yaml=spec_yaml(spec))
+        todo.indices = indices[~todo.finished_in(store.IdIndex(done))]
+    return todo
 
 
 def spec_yaml(spec: SweepSpec) -> str:
@@ -181,11 +188,6 @@ def spec_yaml(spec: SweepSpec) -> str:
     import yaml
 
     return yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
-
-
-def _blocks(indices: np.ndarray, size: int = 65536):
-    """Slices of indices whose run_ids are computed and compared one block at a time (2 MB each)."""
-    return [indices[i:i + size] for i in range(0, len(indices), size)] or [indices]
 
 
 def plan_chunks(configs: list[dict], chunk: int | None, slots: int) -> list[list[dict]]:

@@ -422,19 +422,26 @@ def _prefix_key(ids: np.ndarray) -> np.ndarray:
         .view(">u8").ravel().astype(np.uint64)
 
 
-def among(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """A mask: which of `ids` are in `sorted_ids` (both grid.ids_array form): a binary search on
-    64-bit prefixes, each hit confirmed on the whole id (ids sharing a prefix: by a full search)."""
-    if not len(sorted_ids) or not len(ids):
-        return np.zeros(len(ids), dtype=bool)
-    keys = _prefix_key(sorted_ids)
-    at = np.searchsorted(keys, _prefix_key(ids)).clip(max=len(sorted_ids) - 1)
-    found = sorted_ids[at] == ids
-    shared = np.flatnonzero(~found & (keys[at] == _prefix_key(ids)))      # a prefix shared by two ids
-    if len(shared):
-        full = np.searchsorted(sorted_ids, ids[shared]).clip(max=len(sorted_ids) - 1)
-        found[shared] = sorted_ids[full] == ids[shared]
-    return found
+class IdIndex:
+    """Sorted run_ids (grid.ids_array form) for membership tests, built once and asked often: a
+    binary search on 64-bit prefixes, each hit confirmed on the whole id (ids sharing a prefix: by
+    a full search)."""
+
+    def __init__(self, sorted_ids: np.ndarray):
+        self.ids, self.keys = sorted_ids, _prefix_key(sorted_ids)
+
+    def among(self, ids: np.ndarray) -> np.ndarray:
+        """A mask: which of `ids` are in the index."""
+        if not len(self.ids) or not len(ids):
+            return np.zeros(len(ids), dtype=bool)
+        wanted = _prefix_key(ids)
+        at = np.searchsorted(self.keys, wanted).clip(max=len(self.ids) - 1)
+        found = self.ids[at] == ids
+        shared = np.flatnonzero(~found & (self.keys[at] == wanted))      # a prefix shared by two ids
+        if len(shared):
+            full = np.searchsorted(self.ids, ids[shared]).clip(max=len(self.ids) - 1)
+            found[shared] = self.ids[full] == ids[shared]
+        return found
 
 
 def finished(out: str | Path, set_aside: bool = False) -> np.ndarray:

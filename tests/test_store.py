@@ -226,8 +226,9 @@ def test_membership_holds_for_ids_that_share_a_prefix_or_are_not_hex():
     odd = ["b", "short-hand-made-id", "ZZZZZZZZZZ"]
     pool = np.sort(ids_array(ids[:2000] + twins[:1] + odd[:1]))
     query = ids_array(ids + twins + odd)
-    assert store.among(pool, query).tolist() == np.isin(query, pool).tolist()
-    assert store.among(pool, query).sum() == 2002
+    index = store.IdIndex(pool)
+    assert index.among(query).tolist() == np.isin(query, pool).tolist()
+    assert index.among(query).sum() == 2002
 
 
 def test_a_runs_file_carries_the_sweep_and_versions_it_was_written_with(tmp_path, rows):
