@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from phasemap import store
-from phasemap.analysis import AnalysisError, default_metric, independent_axes, source
+from phasemap.analysis import AnalysisError, default_metric, independent_axes, require_columns, source
 from phasemap.plots import draw_dynamics, draw_phase, draw_scaling, draw_width, dynamics_data, label, phase_data
 from phasemap.plots import scaling_data, width_data
 from phasemap.summary import ResultsError, summarize
@@ -103,6 +103,7 @@ def _study(results: str, metric: str | None) -> dict:
     name = ", ".join(info["sweeps"]) or Path(results).name
     key = "".join(c if c.isalnum() else "-" for c in name)[:40] + "-" + hashlib.blake2b(results.encode(), digest_size=3).hexdigest()
     metric = metric or default_metric(runs)
+    require_columns(runs.schema, metric)  # a metric that is not there is refused, not a page without figures
     sections = [(f"{key}-study", f"{name}: the study", _overview(info, runs))]
     for sid, head, make in ((f"{key}-phase", f"{name}: phase diagram of {metric}", _phase),
                             (f"{key}-scaling", f"{name}: scaling of {metric}", _scaling),
@@ -268,14 +269,8 @@ def _scaling(results: str, runs: pl.DataFrame, metric: str) -> str:
         data = scaling_data(runs, metric, "gamma")
     except AnalysisError as err:
         return f'<p class="note">No fit: {html.escape(str(err))}</p>'
-    fits = data.get("fits")
-    ci = ""
-    if fits is not None and len(fits):
-        import numpy as np
-
-        b_lo, b_hi = np.percentile(fits[:, 0], [2.5, 97.5])
-        c_lo, c_hi = np.percentile(fits[:, 1], [2.5, 97.5])
-        ci = f" (95% CI of β [{b_lo:.3g}, {b_hi:.3g}], of C [{c_lo:.3g}, {c_hi:.3g}], bootstrap over seeds)"
+    (b_lo, b_hi), (c_lo, c_hi) = data["beta_ci"], data["C_ci"]
+    ci = f" (95% CI of β [{b_lo:.3g}, {b_hi:.3g}], of C [{c_lo:.3g}, {c_hi:.3g}], bootstrap over seeds)"
     out = (f"<p>{html.escape(name_of(metric))} ≤ C·γ<sup>−β</sup> with β = {data['beta']:.3g}, "
            f"C = {data['C']:.3g}{ci}, fitted to {len(data['points'][0])} transition points; "
            f"{data['n_excluded']:,} runs excluded (diverged, failed or without the metric).</p>"

@@ -68,6 +68,12 @@ def test_a_missing_or_empty_folder_is_one_line_and_exit_2(tmp_path):
     assert bad.exit_code == 2 and "end it in .html" in bad.output
 
 
+def test_a_metric_the_results_do_not_have_is_refused(trained, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(trained), "-o", str(tmp_path / "r.html"), "--metric", "bogus"])
+    assert result.exit_code == 2 and "metric 'bogus' is not a column" in result.output
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.slow
 def test_the_page_in_a_real_browser(trained, tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
