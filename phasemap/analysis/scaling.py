@@ -35,6 +35,13 @@ class ScalingFit:
     unresolved: list[dict]  # transitions left out of the fit: several levels in one bracket
     n_controls: int = 0     # runs at axis <= 0 (gamma = 0 controls) left out of the log axis
 
+    def interval(self, column: int) -> list[float]:
+        """The 95% bootstrap interval of beta (column 0) or C (1); the estimate twice without fits."""
+        if not len(self.fits):
+            estimate = self.beta if column == 0 else self.C
+            return [estimate, estimate]
+        return [float(np.percentile(self.fits[:, column], 2.5)), float(np.percentile(self.fits[:, column], 97.5))]
+
 
 def _envelope(curve: Curve, axis: str, n_boot: int, rng, min_seed_share: float):
     """Points (gamma_m, m) of resolved m -> m-1 drops, their CIs, the unresolved rows, and
@@ -117,14 +124,9 @@ def scaling(results: Results, metric: str | None = None, axis: str = "gamma", me
     bound = fit.C * runs[axis].to_numpy().astype(float) ** (-fit.beta)
     violations = int((runs[fit.metric].to_numpy() > bound * (1 + 1e-9) + 1e-9).sum())
 
-    def interval(values: np.ndarray, estimate: float) -> list[float]:
-        if not len(values):
-            return [estimate, estimate]
-        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
     return {
         "metric": fit.metric, "axis": axis, "method": fit.method, "beta": fit.beta, "C": fit.C,
-        "beta_ci": interval(fit.fits[:, 0], fit.beta), "C_ci": interval(fit.fits[:, 1], fit.C),
+        "beta_ci": fit.interval(0), "C_ci": fit.interval(1),
         "points": fit.points.tolist(), "points_ci": fit.points_ci.tolist(), "unresolved": fit.unresolved,
         "n_runs": runs.height, "n_excluded": fit.n_excluded, "n_controls": fit.n_controls,
         "violations": violations,

@@ -109,7 +109,7 @@ def scaling_data(results, metric: str | None = None, axis: str = "gamma", method
             "unresolved": fit.unresolved, "beta": fit.beta, "C": fit.C, "grid": grid, "fit": fit.C * grid ** (-fit.beta),
             "band": (np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)),
             "metric": fit.metric, "axis": axis, "n_runs": runs.height + fit.n_excluded, "n_excluded": fit.n_excluded,
-            "fits": fit.fits}
+            "beta_ci": fit.interval(0), "C_ci": fit.interval(1)}
 
 
 def width_data(results, metric: str, axis: str = "gamma", min_seed_share: float = MIN_SEED_SHARE) -> pl.DataFrame:
